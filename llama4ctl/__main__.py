@@ -1,0 +1,3 @@
+from llama4ctl.cli.app import main
+
+main()
