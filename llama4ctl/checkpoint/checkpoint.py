@@ -1,0 +1,184 @@
+"""A checkpoint as seen from its headers: every tensor's name, dtype, shape and byte range, plus config.
+
+Opening a checkpoint reads the index and each shard's header, cross-checks them, and never touches tensor
+bytes, so it costs the same for a 1 MB test model and for Maverick's 800 GB.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from llama4ctl.checkpoint.header import TensorRef, read_header
+from llama4ctl.checkpoint.layout import TextConfig, normalize_config, parse_text_config
+from llama4ctl.errors import CheckpointError
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl")
+# Files copied next to the weights of every output: config, generation, tokenizer, chat template, processor.
+EXTRA_FILE_NAMES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+    "special_tokens_map.json", "added_tokens.json", "chat_template.json", "chat_template.jinja",
+    "preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json",
+)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    source: str                      # local path or Hub repo id, as given
+    root: Path | None                # local directory (None for remote headers)
+    tensors: tuple[TensorRef, ...]   # shard by shard, each in file order
+    shards: tuple[str, ...]          # shard file names in order
+    config: dict[str, Any] | None    # normalized config.json (None when absent)
+    config_notes: tuple[str, ...] = ()
+    extra_files: tuple[str, ...] = ()
+    revision: str | None = None
+    shard_sizes: dict[str, int] = field(default_factory=dict)
+
+    @cached_property
+    def by_name(self) -> dict[str, TensorRef]:
+        return {t.name: t for t in self.tensors}
+
+    @cached_property
+    def text(self) -> TextConfig | None:
+        if self.config is None:
+            return None
+        try:
+            return parse_text_config(self.config)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"config.json is not a Llama 4 config: missing or bad field {e}",
+                                  self._path("config.json")) from None
+
+    @property
+    def is_multimodal(self) -> bool:
+        return any(t.name.startswith("language_model.") for t in self.tensors)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def _path(self, name: str) -> str:
+        return str(self.root / name) if self.root else f"{self.source}/{name}"
+
+    # ------------------------------------------------------------------------------------------ open
+
+    @classmethod
+    def open(cls, path: str | Path) -> Checkpoint:
+        """Open a local checkpoint directory (sharded or single file) or one .safetensors file."""
+        p = Path(path)
+        if not p.exists():
+            raise CheckpointError("no such file or directory", p)
+        if p.is_file():
+            if p.suffix in PICKLE_SUFFIXES:
+                raise _pickle_refusal(p)
+            if p.suffix != ".safetensors":
+                raise CheckpointError("not a checkpoint directory or .safetensors file", p)
+            header = read_header(p)
+            config, notes = _read_config(p.parent)
+            return cls(str(path), p.parent, header.tensors, (p.name,), config, tuple(notes),
+                       shard_sizes={p.name: header.file_size})
+
+        index_path = p / INDEX_FILE
+        if index_path.exists():
+            shard_names, weight_map = _read_index(index_path)
+        elif (p / SINGLE_FILE).exists():
+            shard_names, weight_map = [SINGLE_FILE], None
+        else:
+            found = sorted(f.name for f in p.glob("*.safetensors"))
+            if len(found) == 1:
+                shard_names, weight_map = found, None
+            elif found:
+                raise CheckpointError(f"{len(found)} .safetensors files but no {INDEX_FILE}", p)
+            else:
+                pickles = sorted(f for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES)
+                if pickles:
+                    raise _pickle_refusal(pickles[0])
+                raise CheckpointError("no .safetensors weights found", p)
+
+        tensors: list[TensorRef] = []
+        seen: dict[str, str] = {}
+        sizes: dict[str, int] = {}
+        for shard in shard_names:
+            shard_path = p / shard
+            if not shard_path.is_file():
+                raise CheckpointError(f"shard {shard!r} named in the index does not exist", index_path)
+            header = read_header(shard_path)
+            sizes[shard] = header.file_size
+            for t in header.tensors:
+                if t.name in seen:
+                    raise CheckpointError(f"tensor {t.name!r} appears in two shards: {seen[t.name]} and {shard}",
+                                          shard_path)
+                seen[t.name] = shard
+                if weight_map is not None and weight_map.get(t.name) != shard:
+                    where = weight_map.get(t.name)
+                    raise CheckpointError(
+                        f"tensor {t.name!r} is in {shard} but the index "
+                        + (f"maps it to {where}" if where else "does not list it"),
+                        index_path,
+                    )
+            tensors.extend(header.tensors)
+        if weight_map is not None:
+            for name, shard in weight_map.items():
+                if seen.get(name) != shard:
+                    raise CheckpointError(f"tensor {name!r} is not in its shard {shard}", p / shard)
+
+        config, notes = _read_config(p)
+        extras = tuple(n for n in EXTRA_FILE_NAMES if (p / n).is_file())
+        return cls(str(path), p, tuple(tensors), tuple(shard_names), config, tuple(notes), extras,
+                   shard_sizes=sizes)
+
+
+def _pickle_refusal(path: Path) -> CheckpointError:
+    return CheckpointError(
+        "pickle checkpoints (.bin/.pth) are refused: llama4ctl never unpickles files; use the safetensors weights",
+        path,
+        hint="convert it to safetensors in a trusted environment first",
+    )
+
+
+def _read_index(index_path: Path) -> tuple[list[str], dict[str, str]]:
+    try:
+        doc = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"invalid index JSON: {e}", index_path) from None
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise CheckpointError("index has no valid 'weight_map' (tensor name -> shard file)", index_path)
+    shards: list[str] = []
+    for shard in weight_map.values():
+        if shard not in shards:
+            _check_shard_name(shard, index_path)
+            shards.append(shard)
+    return sorted(shards), weight_map
+
+
+def _check_shard_name(shard: str, index_path: Path) -> None:
+    parts = Path(shard).parts
+    if Path(shard).is_absolute() or shard.startswith(("/", "\\")) or ".." in parts or "\\" in shard or not parts:
+        raise CheckpointError(f"index names shard {shard!r}, which escapes the checkpoint directory", index_path)
+    if len(parts) != 1:
+        raise CheckpointError(f"index names shard {shard!r} in a subdirectory; shards must sit beside the index",
+                              index_path)
+    if not shard.endswith(".safetensors"):
+        if shard.endswith(PICKLE_SUFFIXES):
+            raise _pickle_refusal(index_path.parent / shard)
+        raise CheckpointError(f"index names shard {shard!r}, which is not a .safetensors file", index_path)
+
+
+def _read_config(root: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    path = root / "config.json"
+    if not path.is_file():
+        return None, []
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"invalid config JSON: {e}", path) from None
+    if not isinstance(doc, dict):
+        raise CheckpointError("config.json is not a JSON object", path)
+    return normalize_config(doc)

@@ -1,0 +1,186 @@
+"""Run a plan: the only place tensor data is materialized.
+
+validate everything -> check free disk -> for each unfinished shard: run its ops, stream every chunk into the
+shard file, drop it -> write index/config/extras/provenance -> rename into place.
+Workers run whole shards in parallel (threads: reads, writes and torch kernels release the GIL); memory is
+bounded by one op's working set per worker (one expert slice, or one 64 MB block).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from llama4ctl import __version__
+from llama4ctl.checkpoint.reader import Reader
+from llama4ctl.errors import OutputError, PlanError
+from llama4ctl.exec.writer import OutputDir, build_header
+from llama4ctl.plan.ops import KERNELS, ShardPlan
+from llama4ctl.plan.planner import Plan
+from llama4ctl.progress import NullProgress, Progress
+
+
+@dataclass
+class Recorder:
+    """Collects per-tensor statistics that kernels report (e.g. quantization error)."""
+
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, name: str, **values: float) -> None:
+        with self._lock:
+            self.stats.setdefault(name, {}).update(values)
+
+
+@dataclass
+class OpContext:
+    reader: Reader
+    device: str = "cpu"
+    recorder: Recorder = field(default_factory=Recorder)
+
+
+@dataclass
+class RunResult:
+    dst: Path
+    already_complete: bool = False
+    shards_written: int = 0
+    shards_skipped: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    recorder: Recorder = field(default_factory=Recorder)
+
+
+def validate(plan: Plan) -> None:
+    import llama4ctl.exec.kernels  # noqa: F401  (registers the generic kernels)
+
+    for op in plan.ops:
+        if op.kernel not in KERNELS:
+            raise PlanError(f"internal: no kernel registered for {op.kernel!r}")
+
+
+def check_free_disk(dst: Path, needed: int) -> None:
+    probe = dst.parent
+    free = shutil.disk_usage(probe).free
+    if needed > free:
+        raise OutputError(
+            f"not enough free disk: needs {needed / 1e9:.2f} GB, {free / 1e9:.2f} GB free "
+            f"(short by {(needed - free) / 1e9:.2f} GB)",
+            probe,
+        )
+
+
+def provenance(plan: Plan, command: list[str] | None) -> dict[str, Any]:
+    return {
+        "llama4ctl_version": __version__,
+        "command": command if command is not None else sys.argv,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {"path": plan.source.source, "revision": plan.source.revision},
+        "operation": plan.format.describe(),
+        "output": {"bytes": plan.total_bytes, "shards": len(plan.shards), "tensors": len(plan.outputs)},
+        "dropped": plan.dropped,
+        "complete": True,
+    }
+
+
+def execute(
+    plan: Plan,
+    dst: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    workers: int = 1,
+    device: str = "cpu",
+    progress: Progress | None = None,
+    command: list[str] | None = None,
+    extra_outputs: Callable[[OutputDir, Recorder], None] | None = None,
+) -> RunResult:
+    """Write `plan` to `dst` atomically. `extra_outputs` adds files (reports) before the final rename."""
+    progress = progress or NullProgress()
+    validate(plan)
+    out = OutputDir(dst, fingerprint=plan.fingerprint(), overwrite=overwrite, resume=resume)
+    result = RunResult(out.dst)
+    if out.check_destination():
+        result.already_complete = True
+        return result
+
+    t0 = time.perf_counter()
+    out.open()
+    try:
+        todo = [s for s in plan.shards if not out.is_finished(s)]
+        result.shards_skipped = len(plan.shards) - len(todo)
+        needed = sum(len(build_header(s.outputs)) + s.nbytes for s in todo) + (1 << 20)
+        check_free_disk(out.dst, needed)
+
+        ctx = OpContext(Reader(), device=device, recorder=result.recorder)
+        progress.start(f"writing {out.dst.name}", sum(s.nbytes for s in todo))
+
+        def write_shard(shard: ShardPlan) -> int:
+            f = out.open_shard(shard)
+            try:
+                for op in shard.ops:
+                    for name, chunk in KERNELS[op.kernel](ctx, op):
+                        progress.advance(f.write(name, chunk))
+                f.close()
+            except BaseException:
+                f.abort()
+                raise
+            out.mark_finished(shard)
+            return f.bytes_written
+
+        try:
+            if workers <= 1 or len(todo) <= 1:
+                written = [write_shard(s) for s in todo]
+            else:
+                _limit_torch_threads(workers)
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    written = list(pool.map(write_shard, todo))
+        finally:
+            ctx.reader.close()
+        result.shards_written = len(todo)
+        result.bytes_written = sum(written)
+
+        _write_metadata(plan, out, command)
+        if extra_outputs is not None:
+            extra_outputs(out, result.recorder)
+        out.commit()
+        progress.finish()
+    except OSError as e:
+        out.release()
+        raise OutputError(f"write failed: {e.strerror or e}", e.filename or out.partial,
+                          hint="fix the cause, then re-run with --resume to continue") from None
+    except BaseException:
+        out.release()
+        raise
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _write_metadata(plan: Plan, out: OutputDir, command: list[str] | None) -> None:
+    if len(plan.shards) > 1:
+        out.write_json("model.safetensors.index.json", {
+            "metadata": {"total_size": plan.total_bytes, "llama4ctl_version": __version__},
+            "weight_map": dict(sorted(plan.weight_map().items())),
+        })
+    if plan.config is not None:
+        out.write_json("config.json", plan.config)
+    root = plan.source.root
+    assert root is not None
+    for name in plan.extra_files:
+        out.copy_file(root / name, name)
+    out.write_json("llama4ctl.json", provenance(plan, command))
+
+
+def _limit_torch_threads(workers: int) -> None:
+    if "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
