@@ -1,0 +1,54 @@
+"""Assembles the CLI: every subcommand is registered here and implemented in its own module."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from llama4ctl import __version__
+from llama4ctl.cli.demo import demo_cmd
+from llama4ctl.cli.inspect import inspect_cmd
+from llama4ctl.cli.shard import shard_cmd
+from llama4ctl.cli.stubs import NOT_BUILT_SETTINGS, not_built
+
+app = typer.Typer(
+    name="llama4ctl",
+    help="Download, inspect, quantize, reshard, dedup-measure, run and push Llama 4 checkpoints.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"llama4ctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version, help="Print the version.")] = False,
+) -> None:
+    """Exit codes: 0 ok, 1 handled error (one line naming the file and the problem), 2 usage error."""
+
+
+app.command("inspect")(inspect_cmd)
+app.command("shard")(shard_cmd)
+app.command("demo")(demo_cmd)
+for _name, _summary in (
+    ("download", "Download a Llama 4 repo from the Hub, verified"),
+    ("quantize", "Quantize a checkpoint (FP8, int4, int8), streamed"),
+    ("dedup-report", "Xet chunk reuse between a base checkpoint and its derivatives"),
+    ("run", "Generate from a checkpoint"),
+    ("push", "Upload a checkpoint with a generated model card"),
+):
+    app.command(_name, context_settings=NOT_BUILT_SETTINGS, help=f"{_summary} (not implemented yet).")(
+        not_built(_name, _summary)
+    )
+
+
+def main() -> None:
+    app()
