@@ -61,3 +61,82 @@ def execute_plan(plan: Plan, dst: str | Path, *, overwrite: bool = False, resume
         "seconds": round(r.seconds, 3),
         "plan": plan.summary(),
     }
+
+
+# ------------------------------------------------------------------------------------------- quantize
+
+BACKENDS = ("llm-compressor", "fbgemm")
+
+
+def make_quant_format(*, method: str, backend: str, scheme: str | None, ignore: list[str],
+                      experts_only: bool) -> Any:
+    from llama4ctl.errors import PlanError
+    from llama4ctl.formats.selection import Selection
+
+    selection = Selection(ignore, experts_only)
+    if backend not in BACKENDS:
+        raise PlanError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if method != "fp8":
+        raise PlanError(f"--{method} is not built yet; only --fp8 is available")
+    if backend == "fbgemm":
+        if scheme not in (None, "FP8_ROWWISE"):
+            raise PlanError(f"--scheme {scheme} is not available with --backend fbgemm (it is per-row FP8)")
+        from llama4ctl.formats.fbgemm_fp8 import FbgemmFp8Format
+
+        return FbgemmFp8Format(selection)
+    from llama4ctl.formats.compressed_tensors import CompressedTensorsFp8Format
+
+    return CompressedTensorsFp8Format(scheme or "FP8_DYNAMIC", selection)
+
+
+def default_destination(src: str | Path, fmt: Any) -> Path:
+    return Path.cwd() / f"{Path(str(src).rstrip('/')).name}-{fmt.default_suffix()}"
+
+
+def plan_quantize(src: str | Path, *, method: str = "fp8", backend: str = "llm-compressor",
+                  scheme: str | None = None, ignore: list[str] | None = None, experts_only: bool = False,
+                  max_shard_size: str | int = "5GB") -> Plan:
+    fmt = make_quant_format(method=method, backend=backend, scheme=scheme, ignore=list(ignore or []),
+                            experts_only=experts_only)
+    return build_plan(open_local(src), fmt, max_shard_size=parse_size(max_shard_size))
+
+
+def resolve_devices(device: str) -> tuple[str, ...]:
+    """auto: every visible GPU (one worker each) when CUDA is available, else the CPU."""
+    from llama4ctl.errors import PlanError
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise PlanError(f"unknown device {device!r}; choose auto, cpu or cuda")
+    if device == "cpu":
+        return ("cpu",)
+    import torch
+
+    if not torch.cuda.is_available():
+        if device == "cuda":
+            raise PlanError("--device cuda was asked for but no CUDA GPU is available")
+        return ("cpu",)
+    return tuple(f"cuda:{i}" for i in range(torch.cuda.device_count()))
+
+
+def quantize(plan: Plan, dst: str | Path, *, device: str = "auto", workers: int = 1,
+             overwrite: bool = False, resume: bool = False, progress: Progress | None = None,
+             command: list[str] | None = None) -> dict[str, Any]:
+    from llama4ctl.quality import build_report
+    from llama4ctl.schemas import document
+
+    devices = resolve_devices(device)
+    report: dict[str, Any] = {}
+
+    def write_report(out: Any, recorder: Any) -> None:
+        kept = plan.format.quantization_config().get("ignore") or \
+            plan.format.quantization_config().get("modules_to_not_convert", [])
+        report.update(build_report(plan, recorder.stats, kept_modules=kept))
+        out.write_json("quantization_report.json", document("quantization_report", report))
+
+    res = execute_plan(plan, dst, overwrite=overwrite, resume=resume, workers=workers, progress=progress,
+                       command=command, devices=devices, extra_outputs=write_report)
+    res["devices"] = list(devices)
+    if report:
+        res["report"] = {k: report[k] for k in ("format", "scheme", "backend", "compression_ratio", "components",
+                                                "worst_tensors")}
+    return res

@@ -16,6 +16,10 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "plan": ("format", "input_bytes", "output_bytes", "num_shards", "shards"),
     "shard": ("destination", "bytes_written", "shards_written", "shards_skipped", "seconds", "already_complete"),
     "demo": ("checkpoint", "steps"),
+    "quantize": ("destination", "bytes_written", "shards_written", "shards_skipped", "seconds", "already_complete",
+                 "devices"),
+    "quantization_report": ("format", "scheme", "backend", "kept_modules", "input_bytes", "output_bytes",
+                            "components", "worst_tensors", "tensors"),
     "provenance": ("llama4ctl_version", "command", "created", "source", "operation", "complete"),
 }
 

@@ -9,6 +9,8 @@ import typer
 from llama4ctl import __version__
 from llama4ctl.cli.demo import demo_cmd
 from llama4ctl.cli.inspect import inspect_cmd
+from llama4ctl.cli.quantize import HELP as QUANTIZE_HELP
+from llama4ctl.cli.quantize import quantize_cmd
 from llama4ctl.cli.shard import shard_cmd
 from llama4ctl.cli.stubs import NOT_BUILT_SETTINGS, not_built
 
@@ -37,10 +39,10 @@ def root(
 
 app.command("inspect")(inspect_cmd)
 app.command("shard")(shard_cmd)
+app.command("quantize", help=QUANTIZE_HELP)(quantize_cmd)
 app.command("demo")(demo_cmd)
 for _name, _summary in (
     ("download", "Download a Llama 4 repo from the Hub, verified"),
-    ("quantize", "Quantize a checkpoint (FP8, int4, int8), streamed"),
     ("dedup-report", "Xet chunk reuse between a base checkpoint and its derivatives"),
     ("run", "Generate from a checkpoint"),
     ("push", "Upload a checkpoint with a generated model card"),

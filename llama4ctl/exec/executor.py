@@ -9,6 +9,7 @@ bounded by one op's working set per worker (one expert slice, or one 64 MB block
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import sys
 import threading
@@ -98,12 +99,15 @@ def execute(
     overwrite: bool = False,
     resume: bool = False,
     workers: int = 1,
-    device: str = "cpu",
+    devices: tuple[str, ...] = ("cpu",),
     progress: Progress | None = None,
     command: list[str] | None = None,
     extra_outputs: Callable[[OutputDir, Recorder], None] | None = None,
 ) -> RunResult:
-    """Write `plan` to `dst` atomically. `extra_outputs` adds files (reports) before the final rename."""
+    """Write `plan` to `dst` atomically. `extra_outputs` adds files (reports) before the final rename.
+
+    With several `devices` (one per GPU) there is one worker per device; otherwise `workers` share devices[0].
+    """
     progress = progress or NullProgress()
     validate(plan)
     out = OutputDir(dst, fingerprint=plan.fingerprint(), overwrite=overwrite, resume=resume)
@@ -120,10 +124,19 @@ def execute(
         needed = sum(len(build_header(s.outputs)) + s.nbytes for s in todo) + (1 << 20)
         check_free_disk(out.dst, needed)
 
-        ctx = OpContext(Reader(), device=device, recorder=result.recorder)
+        reader = Reader()
+        if len(devices) > 1:
+            workers = len(devices)
+        free_devices: queue.SimpleQueue[str] = queue.SimpleQueue()
+        for i in range(max(1, workers)):
+            free_devices.put(devices[i % len(devices)])
+        local = threading.local()
         progress.start(f"writing {out.dst.name}", sum(s.nbytes for s in todo))
 
         def write_shard(shard: ShardPlan) -> int:
+            if not hasattr(local, "ctx"):
+                local.ctx = OpContext(reader, device=free_devices.get(), recorder=result.recorder)
+            ctx = local.ctx
             f = out.open_shard(shard)
             try:
                 for op in shard.ops:
@@ -144,7 +157,7 @@ def execute(
                 with ThreadPoolExecutor(max_workers=workers) as pool:
                     written = list(pool.map(write_shard, todo))
         finally:
-            ctx.reader.close()
+            reader.close()
         result.shards_written = len(todo)
         result.bytes_written = sum(written)
 

@@ -38,6 +38,9 @@ class Format(ABC):
     #: fuse per-expert input weights into [E, H, 2I] / [E, I, H] before planning
     wants_fused_experts: ClassVar[bool] = False
 
+    def prepare(self, ckpt: Checkpoint) -> None:
+        """Look at the whole checkpoint once before planning (e.g. to list kept modules)."""
+
     @abstractmethod
     def plan_tensor(self, ref: TensorRef, ckpt: Checkpoint) -> list[TensorOp]:
         """Ops for one input tensor (return [] to drop it)."""

@@ -84,6 +84,7 @@ def build_plan(ckpt: Checkpoint, fmt: Format, *, max_shard_size: int, drop_visio
     if ckpt.root is None:
         raise PlanError("the checkpoint must be local to be rewritten", ckpt.source,
                         hint="download it first with `llama4ctl download`")
+    fmt.prepare(ckpt)
     ops: list[TensorOp] = []
     dropped: list[str] = []
     pending_experts = []

@@ -1,0 +1,39 @@
+"""Shared helpers for benchmarks: run a command, return wall seconds and peak RSS of the child tree."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def run(cmd: list[str], **kw) -> tuple[float, int]:
+    """(wall seconds, peak RSS bytes) of one command; raises on failure."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def median_time(cmd: list[str], repeat: int = 5) -> float:
+    return statistics.median(run(cmd)[0] for _ in range(repeat))
+
+
+def llama4ctl(*args: str) -> list[str]:
+    return [sys.executable, "-m", "llama4ctl", *args]
+
+
+def machine() -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
