@@ -20,9 +20,12 @@ def model_class(config: dict[str, Any]) -> Any:
 def load(path: str | Path, device: str = "cpu") -> Any:
     import torch
 
-    config = json.loads((Path(path) / "config.json").read_text())
+    from llama4ctl.checkpoint.layout import normalize_config
+
+    config, _ = normalize_config(json.loads((Path(path) / "config.json").read_text()))
     cls = model_class(config)
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
+    # Normalized config (legacy fields fixed) so transformers 5.x accepts older Llama 4 configs.
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16, "config": cls.config_class.from_dict(config)}
     if device != "cpu":
         kwargs["device_map"] = device
     return cls.from_pretrained(str(path), **kwargs).eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ def _describe(exc: BaseException) -> tuple[str, str | None, str | None, int]:
         (KeyboardInterrupt, lambda e: ("interrupted", None, "re-run with --resume to continue", EXIT_INTERRUPTED)),
         (MemoryError, lambda e: ("out of memory", None, "use fewer --workers", EXIT_ERROR)),
         (OSError, lambda e: (e.strerror or str(e), e.filename, None, EXIT_ERROR)),  # type: ignore[attr-defined]
-        (Exception, lambda e: (f"unexpected {type(e).__name__}: {e}", None,
+        (Exception, lambda e: (f"unexpected {type(e).__name__}: {' '.join(str(e).split())}", None,
                                "run again with --debug for the traceback", EXIT_ERROR)),
     ]
     for kind, fmt in table:
@@ -34,8 +35,11 @@ def _describe(exc: BaseException) -> tuple[str, str | None, str | None, int]:
 
 @contextmanager
 def handled(out: Output) -> Iterator[None]:
+    """Run a command body; in --json mode anything a library prints goes to stderr, keeping stdout clean."""
+    redirect = contextlib.redirect_stdout(sys.stderr) if out.json_mode else contextlib.nullcontext()
     try:
-        yield
+        with redirect:
+            yield
     except (typer.Exit, typer.Abort, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one line
@@ -45,7 +49,7 @@ def handled(out: Output) -> Iterator[None]:
         if out.json_mode:
             import json
 
-            sys.stdout.write(json.dumps(error_document(message, path, hint)) + "\n")
+            out.stdout.write(json.dumps(error_document(message, path, hint)) + "\n")
         line = f"{path}: {message}" if path else message
         out.console.print(f"[red]Error:[/red] {line}", markup=True, highlight=False)
         if hint:

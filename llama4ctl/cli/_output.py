@@ -13,6 +13,7 @@ from llama4ctl.progress import NullProgress, Progress
 class Output:
     def __init__(self, *, json_mode: bool = False, quiet: bool = False, debug: bool = False):
         self.json_mode, self.quiet, self.debug = json_mode, quiet, debug
+        self.stdout = sys.stdout  # the real stdout, kept before --json redirects library prints to stderr
         self._console = None
 
     @property
@@ -30,8 +31,8 @@ class Output:
 
     def result(self, doc: dict[str, Any], render: Callable[[Any], None] | None = None) -> None:
         if self.json_mode:
-            sys.stdout.write(json.dumps(doc, default=str) + "\n")
-            sys.stdout.flush()
+            self.stdout.write(json.dumps(doc, default=str) + "\n")
+            self.stdout.flush()
         elif not self.quiet and render is not None:
             render(self.console)
 

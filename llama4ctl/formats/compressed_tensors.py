@@ -18,6 +18,7 @@ from llama4ctl.checkpoint.header import TensorRef
 from llama4ctl.checkpoint.layout import component, parse_fused_expert
 from llama4ctl.errors import PlanError
 from llama4ctl.formats.base import Format
+from llama4ctl.formats.fbgemm_fp8 import compact_kept
 from llama4ctl.formats.registry import register
 from llama4ctl.formats.selection import Selection
 from llama4ctl.plan.ops import OutputSpec, TensorOp, kernel
@@ -49,7 +50,8 @@ class CompressedTensorsFp8Format(Format):
 
     def prepare(self, ckpt: Checkpoint) -> None:
         self.selection.check_not_empty(ckpt)
-        self._kept = self.selection.kept_linear_modules(ckpt, per_expert=True)
+        kept = compact_kept(self.selection.kept_linear_modules(ckpt, per_expert=True), ckpt)
+        self._kept = [f"re:{k}\\..*" if k in ("vision_model", "multi_modal_projector") else k for k in kept]
 
     def _weight_outputs(self, name: str, dtype: str, out_f: int, in_f: int) -> tuple[OutputSpec, OutputSpec]:
         return (OutputSpec(name, "F8_E4M3", (out_f, in_f)),
@@ -80,7 +82,8 @@ class CompressedTensorsFp8Format(Format):
         if config is None:
             return None
         config = dict(config)
-        config["quantization_config"] = self.quantization_config()
+        config["quantization_config"] = qc = self.quantization_config()
+        check_vllm_layout([o for op in ops for o in op.outputs], qc["ignore"])
         return config
 
     def quantization_config(self) -> dict[str, Any]:
@@ -144,3 +147,61 @@ def quantize_expert(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any]]:
         yield outs[2 * i].name, q
         yield outs[2 * i + 1].name, s
         ctx.recorder.record(outs[2 * i].name, rel_error=_rel(err2, norm2))
+
+
+# vLLM fuses these sibling projections into one layer; they must all be quantized or all be ignored.
+_VLLM_FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def _ignored(module: str, ignore: list[str]) -> bool:
+    import re
+
+    return any(re.match(p[3:], module) if p.startswith("re:") else p == module for p in ignore)
+
+
+def check_vllm_layout(outputs: list[OutputSpec], ignore: list[str]) -> None:
+    """Static check of what vLLM's Llama 4 loader expects from a compressed-tensors checkpoint.
+
+    - every FP8 weight has its weight_scale, and every BF16 Linear of the language model is in `ignore`
+      (targets=["Linear"] would otherwise make vLLM look for a scale that is not there);
+    - fused siblings (q/k/v, gate/up) are quantized alike;
+    - each MoE layer has per-expert gate/up/down keys for experts 0..E-1;
+    - every ignore entry names a module that exists (mismatched names are a common upstream failure).
+    """
+    from llama4ctl.checkpoint.layout import parse_per_expert
+
+    names = {o.name: o for o in outputs}
+    modules: dict[str, bool] = {}  # Linear module -> quantized?
+    for o in outputs:
+        if o.name.endswith(".weight") and len(o.shape) == 2:
+            mod = o.name[: -len(".weight")]
+            if "norm" in mod.rsplit(".", 1)[-1] or "embed_tokens" in mod:
+                continue
+            modules[mod] = o.dtype == "F8_E4M3"
+            if modules[mod] and f"{mod}.weight_scale" not in names:
+                raise PlanError(f"internal: {mod} is FP8 without a weight_scale")
+            if not modules[mod] and not _ignored(mod, ignore):
+                raise PlanError(f"{mod} stays BF16 but is not in the quantization_config ignore list; "
+                                "vLLM would look for its weight_scale")
+    for entry in ignore:
+        if not any(_ignored(m, [entry]) for m in modules):
+            raise PlanError(f"ignore entry {entry!r} matches no Linear module of this model")
+    for mod, quantized in modules.items():
+        parent, leaf = mod.rsplit(".", 1)
+        for group in _VLLM_FUSED:
+            if leaf in group:
+                states = {modules.get(f"{parent}.{p}") for p in group} - {None}
+                if len(states) > 1:
+                    raise PlanError(f"{parent}: {'/'.join(group)} must be quantized alike (vLLM fuses them)",
+                                    hint="adjust --ignore so the whole group is kept or quantized")
+    experts: dict[str, dict[int, set[str]]] = {}
+    for name in names:
+        pe = parse_per_expert(name)
+        if pe is not None and pe.leaf == "weight":
+            experts.setdefault(pe.experts_prefix, {}).setdefault(pe.expert, set()).add(pe.proj)
+    for prefix, by_expert in experts.items():
+        if sorted(by_expert) != list(range(len(by_expert))):
+            raise PlanError(f"{prefix}: per-expert keys are not numbered 0..{len(by_expert) - 1}")
+        for e, projs in by_expert.items():
+            if projs != {"gate_proj", "up_proj", "down_proj"}:
+                raise PlanError(f"{prefix}.{e}: expected gate_proj, up_proj and down_proj, found {sorted(projs)}")

@@ -75,7 +75,7 @@ class FbgemmFp8Format(Format):
 
     def prepare(self, ckpt: Checkpoint) -> None:
         self.selection.check_not_empty(ckpt)
-        self._kept = self.selection.kept_linear_modules(ckpt, per_expert=False)
+        self._kept = compact_kept(self.selection.kept_linear_modules(ckpt, per_expert=False), ckpt)
 
     def quantization_config(self) -> dict[str, Any]:
         return {"quant_method": "fbgemm_fp8", "activation_scale_ub": ACTIVATION_SCALE_UB,
@@ -84,6 +84,25 @@ class FbgemmFp8Format(Format):
     def describe(self) -> dict[str, Any]:
         return {"format": self.name, "backend": "fbgemm", "scheme": "FP8 per-row (fbgemm)",
                 "ignore": self.selection.ignore, "experts_only": self.selection.experts_only}
+
+
+def compact_kept(kept: list[str], ckpt: Checkpoint) -> list[str]:
+    """modules_to_not_convert entries: whole towers by prefix, the rest by full module name.
+
+    transformers skips a module when an entry matches it as a regex anchored at the start (`key` or `key.`)
+    or as a literal suffix, so `vision_model` covers the tower and a full name covers exactly one module
+    (`layers.1.x` cannot match `layers.10.x`: the character after `1` must be `.`-then-name, not a digit).
+    """
+    from llama4ctl.checkpoint.layout import module_name
+
+    out: list[str] = []
+    for tower in ("vision_model", "multi_modal_projector"):
+        linears = {module_name(r.name) for r in ckpt.tensors
+                   if r.name.startswith(tower + ".") and r.name.endswith(".weight") and len(r.shape) == 2}
+        if linears and linears <= set(kept):
+            out.append(tower)
+            kept = [k for k in kept if k not in linears]
+    return out + kept
 
 
 def _to(t: Any, device: str) -> Any:

@@ -1,9 +1,9 @@
 """FP8 E4M3 quantization math: no tensor names, no files. Each function takes a 2-D [out, in] weight.
 
 Two conventions, reproduced exactly so outputs match what their loaders expect:
-- fbgemm (`quantize_fp8_per_row`): float32 math, one scale per row = row absmax / 448 (the dequantization
-  multiplier), values multiplied by 448 / absmax and saturated. On CUDA with fbgemm-gpu-genai installed the
-  kernel itself is used; results equal this reference except for rounding ties.
+- fbgemm (`quantize_fp8_per_row`): float32 math, one scale per row s = max(row absmax / 448, 1 / (448·512))
+  (the dequantization multiplier), q = e4m3(x / s). On CUDA with fbgemm-gpu-genai installed the kernel itself
+  is used; results equal this reference except for rounding ties.
 - compressed-tensors (FP8_DYNAMIC per channel, FP8_BLOCK 128×128): math in the weight's dtype (BF16 for
   Llama 4): scale = absmax / 448 rounded to that dtype (0 -> dtype eps), q = clamp(w / scale, ±448) cast to FP8.
 """
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import torch
 
 FP8_MAX = 448.0
-FBGEMM_EPS = 1e-12
+FBGEMM_MIN_SCALE = 1.0 / (FP8_MAX * 512.0)
 
 
 @cache
@@ -42,9 +42,9 @@ def fbgemm_rowwise(w: torch.Tensor, *, use_kernel: bool = True) -> tuple[torch.T
         q, scale = kernel(w.to(torch.bfloat16).contiguous())
         return q, scale.float()
     x = w.float()
-    amax = x.abs().amax(dim=-1).clamp(min=FBGEMM_EPS)
-    q = (x * (FP8_MAX / amax)[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-    return q, amax / FP8_MAX
+    scale = (x.abs().amax(dim=-1) / FP8_MAX).clamp(min=FBGEMM_MIN_SCALE)
+    q = (x / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return q, scale
 
 
 def _ct_scale(absmax: torch.Tensor) -> torch.Tensor:

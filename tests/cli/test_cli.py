@@ -34,7 +34,7 @@ def test_version_and_help():
         assert name in r.stdout
 
 
-@pytest.mark.parametrize("command", ["download", "quantize", "dedup-report", "run", "push"])
+@pytest.mark.parametrize("command", ["download", "dedup-report", "run", "push"])
 def test_commands_not_built_yet_say_so_and_exit_2(command):
     r = cli(command, "some/repo", "--fp8")
     assert r.returncode == 2
@@ -106,3 +106,14 @@ def test_bad_option_values_are_handled_errors(ckpt, tmp_path):
 def test_hub_repo_ids_must_be_downloaded_before_sharding(tmp_path):
     r = cli("shard", "meta-llama/Llama-4-Scout-17B-16E-Instruct", tmp_path / "out", cwd=tmp_path)
     assert r.returncode == 1 and "download" in r.stderr
+
+
+def test_quantize_options_not_built_yet_exit_2(ckpt, tmp_path):
+    for args in (["--int4"], ["--int8"], ["--fp8", "--recipe", "r.yaml"]):
+        r = cli("quantize", ckpt, tmp_path / "q", *args)
+        assert r.returncode == 2 and "not implemented yet" in r.stderr, args
+
+
+def test_quantize_needs_exactly_one_method(ckpt, tmp_path):
+    assert cli("quantize", ckpt, tmp_path / "q").returncode == 2
+    assert cli("quantize", ckpt, tmp_path / "q", "--fp8", "--int8").returncode == 2
