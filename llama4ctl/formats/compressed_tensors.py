@@ -186,8 +186,8 @@ def check_vllm_layout(outputs: list[OutputSpec], ignore: list[str]) -> None:
     for entry in ignore:
         if not any(_ignored(m, [entry]) for m in modules):
             raise PlanError(f"ignore entry {entry!r} matches no Linear module of this model")
-    for mod, quantized in modules.items():
-        parent, leaf = mod.rsplit(".", 1)
+    for mod in modules:
+        parent, _, leaf = mod.rpartition(".")
         for group in _VLLM_FUSED:
             if leaf in group:
                 states = {modules.get(f"{parent}.{p}") for p in group} - {None}
