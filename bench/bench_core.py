@@ -25,13 +25,13 @@ def build(work: Path) -> dict[str, Path]:
     if not p.exists():
         build_random_checkpoint(p, shape="maverick", hidden_size=64, expert_intermediate_size=48,
                                 mlp_intermediate_size=96, num_experts=128, num_layers=48, vocab_size=2048,
-                                max_shard_size="600KB", seed=0, vision=True)
+                                max_shard_size="590KB", seed=0, vision=True)
     paths["inspect"] = p
-    # ~2 GB Scout-shaped checkpoint with 500 MB shards; its embed/lm_head are ~2 GB tensors? no: see below.
+    # ~2.1 GB Scout-shaped (every layer MoE) checkpoint with 500 MB shards.
     p = work / "scout-2gb"
     if not p.exists():
         build_random_checkpoint(p, shape="scout", hidden_size=1024, expert_intermediate_size=1536,
-                                mlp_intermediate_size=3072, num_experts=16, num_layers=6, vocab_size=32000,
+                                mlp_intermediate_size=3072, num_experts=16, num_layers=12, vocab_size=32000,
                                 max_shard_size="500MB", seed=0)
     paths["throughput"] = p
     # One 2 GB tensor: fused gate_up_proj of 16 experts, H=4096, 2I=16384 (BF16) = 2.1 GB.
