@@ -21,6 +21,9 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "quantization_report": ("format", "scheme", "backend", "kept_modules", "input_bytes", "output_bytes",
                             "components", "worst_tensors", "tensors"),
     "provenance": ("llama4ctl_version", "command", "created", "source", "operation", "complete"),
+    "download": ("repo_id", "revision", "commit", "destination", "files", "total_bytes", "bytes_to_download",
+                 "verified", "dry_run"),
+    "push": ("repo_id", "revision", "files", "total_bytes", "model_card", "dry_run", "url", "commit_url", "pr_url"),
 }
 
 

@@ -8,7 +8,11 @@ import typer
 
 from llama4ctl import __version__
 from llama4ctl.cli.demo import demo_cmd
+from llama4ctl.cli.download import HELP as DOWNLOAD_HELP
+from llama4ctl.cli.download import download_cmd
 from llama4ctl.cli.inspect import inspect_cmd
+from llama4ctl.cli.push import HELP as PUSH_HELP
+from llama4ctl.cli.push import push_cmd
 from llama4ctl.cli.quantize import HELP as QUANTIZE_HELP
 from llama4ctl.cli.quantize import quantize_cmd
 from llama4ctl.cli.shard import shard_cmd
@@ -41,11 +45,11 @@ app.command("inspect")(inspect_cmd)
 app.command("shard")(shard_cmd)
 app.command("quantize", help=QUANTIZE_HELP)(quantize_cmd)
 app.command("demo")(demo_cmd)
+app.command("download", help=DOWNLOAD_HELP)(download_cmd)
+app.command("push", help=PUSH_HELP)(push_cmd)
 for _name, _summary in (
-    ("download", "Download a Llama 4 repo from the Hub, verified"),
     ("dedup-report", "Xet chunk reuse between a base checkpoint and its derivatives"),
     ("run", "Generate from a checkpoint"),
-    ("push", "Upload a checkpoint with a generated model card"),
 ):
     app.command(_name, context_settings=NOT_BUILT_SETTINGS, help=f"{_summary} (not implemented yet).")(
         not_built(_name, _summary)
