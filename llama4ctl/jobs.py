@@ -124,12 +124,15 @@ def quantize(plan: Plan, dst: str | Path, *, device: str = "auto", workers: int 
     from llama4ctl.quality import build_report
     from llama4ctl.schemas import document
 
+    import threading
+
     devices = resolve_devices(device)
     report: dict[str, Any] = {}
+    threading.Thread(target=plan.format.warm_up, daemon=True).start()
 
     def write_report(out: Any, recorder: Any) -> None:
-        kept = plan.format.quantization_config().get("ignore") or \
-            plan.format.quantization_config().get("modules_to_not_convert", [])
+        qc = (plan.config or {}).get("quantization_config") or {}
+        kept = qc.get("ignore") or qc.get("modules_to_not_convert") or []
         report.update(build_report(plan, recorder.stats, kept_modules=kept))
         out.write_json("quantization_report.json", document("quantization_report", report))
 

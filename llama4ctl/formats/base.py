@@ -48,6 +48,12 @@ class Format(ABC):
     def plan_expert_group(self, group: ExpertGroup, ckpt: Checkpoint) -> list[TensorOp]:
         raise NotImplementedError(f"format {self.name} cannot fuse per-expert weights")
 
+    def validate_plan(self, ops: list[TensorOp]) -> None:
+        """Check the planned outputs before anything is written (raise PlanError)."""
+
+    def warm_up(self) -> None:
+        """Import what output_config needs; run in a background thread while tensors are written."""
+
     def output_config(self, config: dict[str, Any] | None, ops: list[TensorOp]) -> dict[str, Any] | None:
         """The config.json to write (e.g. with quantization_config added)."""
         return config

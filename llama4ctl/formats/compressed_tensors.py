@@ -82,18 +82,25 @@ class CompressedTensorsFp8Format(Format):
         if config is None:
             return None
         config = dict(config)
-        config["quantization_config"] = qc = self.quantization_config()
-        check_vllm_layout([o for op in ops for o in op.outputs], qc["ignore"])
+        config["quantization_config"] = self.quantization_config()
         return config
+
+    def validate_plan(self, ops: list[TensorOp]) -> None:
+        check_vllm_layout([o for op in ops for o in op.outputs], self.ignore_list())
+
+    def warm_up(self) -> None:
+        import compressed_tensors.quantization  # noqa: F401  (several seconds; overlapped with quantization)
+
+    def ignore_list(self) -> list[str]:
+        return list(self._kept) + [p if p.startswith("re:") else f"re:{p}" for p in self.selection.ignore]
 
     def quantization_config(self) -> dict[str, Any]:
         from compressed_tensors import __version__ as ct_version
         from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus, preset_name_to_scheme
 
         scheme = preset_name_to_scheme(self.scheme, ["Linear"])
-        ignore = list(self._kept) + [p if p.startswith("re:") else f"re:{p}" for p in self.selection.ignore]
         qc = QuantizationConfig(config_groups={"group_0": scheme}, format="float-quantized",
-                                quantization_status=QuantizationStatus.COMPRESSED, ignore=ignore)
+                                quantization_status=QuantizationStatus.COMPRESSED, ignore=self.ignore_list())
         doc = qc.model_dump(mode="json")
         doc["config_groups"]["group_0"]["format"] = "float-quantized"
         return {**doc, "version": ct_version, "transform_config": {}}

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from llama4ctl.checkpoint.checkpoint import Checkpoint
@@ -27,11 +29,16 @@ class Plan:
     source: Checkpoint
     format: Format
     shards: list[ShardPlan]
-    config: dict[str, Any] | None
+    config_factory: Callable[[], dict[str, Any] | None]
     extra_files: list[str]
     dropped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     max_shard_size: int = 0
+
+    @cached_property
+    def config(self) -> dict[str, Any] | None:
+        """The output config.json, built on first use: some formats import heavy libraries to write it."""
+        return self.config_factory()
 
     @property
     def ops(self) -> list[TensorOp]:
@@ -103,22 +110,25 @@ def build_plan(ckpt: Checkpoint, fmt: Format, *, max_shard_size: int, drop_visio
         ops.extend(fmt.plan_expert_group(group, ckpt))
 
     notes: list[str] = list(ckpt.config_notes)
-    config = fmt.output_config(ckpt.config, ops)
+    base_config = ckpt.config
     if drop_vision:
         if not ckpt.is_multimodal:
             notes.append("--drop-vision: the checkpoint is already text-only")
         ops = [_rename_text_only(op) for op in ops]
-        if config is not None and "text_config" in config:
-            config = text_only_config(config)
+        if base_config is not None and "text_config" in base_config:
+            base_config = text_only_config(base_config)
 
     _validate(ops, ckpt)
+    fmt.validate_plan(ops)
     groups = split_sizes([op.nbytes for op in ops], max_shard_size)
     names = shard_file_names(len(groups))
     shards = [ShardPlan(name, tuple(ops[i] for i in idx)) for name, idx in zip(names, groups, strict=True)]
     extras = [f for f in ckpt.extra_files if f != "config.json"]
     if drop_vision:
         extras = [f for f in extras if f not in ("preprocessor_config.json", "processor_config.json")]
-    return Plan(ckpt, fmt, shards, config, extras, dropped, notes, max_shard_size)
+    final_ops = list(ops)
+    return Plan(ckpt, fmt, shards, lambda: fmt.output_config(base_config, final_ops), extras, dropped, notes,
+                max_shard_size)
 
 
 def _rename_text_only(op: TensorOp) -> TensorOp:

@@ -8,6 +8,7 @@ from llama4ctl.quant.fp8 import (FBGEMM_MIN_SCALE, ct_block, ct_channel, dequant
 
 
 def _ct_reference(w, scheme):
+    pytest.importorskip("llmcompressor")
     from compressed_tensors.compressors import compress_module
     from compressed_tensors.quantization import preset_name_to_scheme
     from llmcompressor.entrypoints.model_free.lifecycle import calibrate_weight, initialize_quantized_linear
