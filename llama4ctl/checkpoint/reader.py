@@ -88,19 +88,35 @@ class Reader:
 
     def read_bytes(self, ref: TensorRef, start: int = 0, stop: int | None = None) -> bytearray:
         """Bytes [start, stop) of the tensor's data (offsets relative to the tensor)."""
+        stop = self._check_range(ref, start, stop)
+        buf = bytearray(stop - start)
+        self._read_into(ref, start, memoryview(buf))
+        return buf
+
+    def _check_range(self, ref: TensorRef, start: int, stop: int | None) -> int:
         stop = ref.nbytes if stop is None else stop
         if not 0 <= start <= stop <= ref.nbytes:
             raise ValueError(f"byte range [{start}, {stop}) outside tensor {ref.name} of {ref.nbytes} bytes")
-        buf = bytearray(stop - start)
-        view = memoryview(buf)
+        return stop
+
+    def _read_into(self, ref: TensorRef, start: int, view: memoryview) -> None:
         fd = self._fd(ref)
         pos, got = ref.start + start, 0
-        while got < len(buf):
+        while got < len(view):
             n = os.preadv(fd, [view[got:]], pos + got)
             if n == 0:
                 raise CheckpointError(f"file ended while reading tensor {ref.name!r} (truncated?)", ref.file)
             got += n
-        return buf
+
+    def _read_tensor(self, ref: TensorRef, start: int, stop: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """Into an uninitialized torch buffer: no zero-fill pass, no copy."""
+        import torch
+
+        stop = self._check_range(ref, start, stop)
+        raw = torch.empty(stop - start, dtype=torch.uint8)
+        if stop > start:
+            self._read_into(ref, start, memoryview(raw.numpy()).cast("B"))
+        return raw.view(torch_dtype(ref.dtype)).reshape(shape)
 
     def iter_byte_blocks(self, ref: TensorRef, block_bytes: int = BLOCK_BYTES) -> Iterator[bytearray]:
         for start in range(0, ref.nbytes, block_bytes):
@@ -109,12 +125,12 @@ class Reader:
     # -------------------------------------------------------------------------------------- tensors
 
     def read(self, ref: TensorRef) -> torch.Tensor:
-        return _as_tensor(self.read_bytes(ref), ref.dtype, ref.shape)
+        return self._read_tensor(ref, 0, ref.nbytes, ref.shape)
 
     def read_rows(self, ref: TensorRef, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) along dim 0."""
         row = _row_bytes(ref)
-        return _as_tensor(self.read_bytes(ref, start * row, stop * row), ref.dtype, (stop - start, *ref.shape[1:]))
+        return self._read_tensor(ref, start * row, stop * row, (stop - start, *ref.shape[1:]))
 
     def read_expert(self, ref: TensorRef, e: int) -> torch.Tensor:
         """Expert e of a fused [E, ...] tensor: one contiguous slice."""
@@ -139,12 +155,3 @@ def _row_bytes(ref: TensorRef) -> int:
     if bits % 8:
         raise ValueError(f"rows of {ref.name} ({ref.dtype}) are not byte aligned")
     return bits // 8
-
-
-def _as_tensor(buf: bytearray, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
-    import torch
-
-    dt = torch_dtype(dtype)
-    if len(buf) == 0:
-        return torch.empty(shape, dtype=dt)
-    return torch.frombuffer(buf, dtype=torch.uint8).view(dt).reshape(shape)
