@@ -18,6 +18,7 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "demo": ("checkpoint", "steps"),
     "quantize": ("destination", "bytes_written", "shards_written", "shards_skipped", "seconds", "already_complete",
                  "devices"),
+    "quantize_oneshot": ("destination", "recipe", "seconds", "calibrated"),
     "quantization_report": ("format", "scheme", "backend", "kept_modules", "input_bytes", "output_bytes",
                             "components", "worst_tensors", "tensors"),
     "provenance": ("llama4ctl_version", "command", "created", "source", "operation", "complete"),

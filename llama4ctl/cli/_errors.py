@@ -14,6 +14,8 @@ from llama4ctl.errors import Llama4ctlError, NotBuiltError
 from llama4ctl.schemas import error_document
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# typer vendors click; its UsageError (parent of BadParameter) must reach click's handler to exit 2.
+_USAGE_ERROR = typer.BadParameter.__mro__[1]
 
 
 def _describe(exc: BaseException) -> tuple[str, str | None, str | None, int]:
@@ -40,7 +42,7 @@ def handled(out: Output) -> Iterator[None]:
     try:
         with redirect:
             yield
-    except (typer.Exit, typer.Abort, SystemExit):
+    except (typer.Exit, typer.Abort, SystemExit, _USAGE_ERROR):
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one line
         if out.debug:

@@ -35,7 +35,9 @@ def quantize_cmd(
     int8: Annotated[bool, typer.Option("--int8", help="int8 weights (Scout).")] = False,
     backend: Annotated[str, typer.Option("--backend", help="llm-compressor (compressed-tensors) or fbgemm.")] = "llm-compressor",
     scheme: Annotated[str | None, typer.Option("--scheme", help="FP8_DYNAMIC (default) or FP8_BLOCK for llm-compressor.")] = None,
-    recipe: Annotated[Path | None, typer.Option("--recipe", help="llm-compressor recipe (YAML) for oneshot; loads the whole model.")] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", help="llm-compressor recipe for oneshot (a YAML path or a shipped name: maverick-fp8-dynamic, scout-fp8-block, scout-w4a16-gptq); loads the whole model.")] = None,
+    calibration_data: Annotated[Path | None, typer.Option("--calibration-data", help="Text file, one calibration sample per line (recipes that calibrate, e.g. GPTQ).")] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="Calibration samples for --recipe.")] = 256,
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Regex over module names to keep in BF16 (repeatable; 're:' prefix optional).")] = None,
     experts_only: Annotated[bool, typer.Option("--experts-only", help="Quantize only the routed experts.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (auto: every visible GPU, one worker each).")] = "auto",
@@ -57,10 +59,19 @@ def quantize_cmd(
         from llama4ctl.schemas import document
 
         method = "fp8" if fp8 else ("int4" if int4 else "int8")
+        if recipe is not None:
+            from llama4ctl.oneshot import run_oneshot
+
+            if resume or dry_run:
+                raise typer.BadParameter("--recipe runs oneshot on the whole model: no --resume or --dry-run")
+            target = Path(dst) if dst else Path.cwd() / f"{Path(src.rstrip('/')).name}-{Path(recipe).stem}"
+            res = run_oneshot(src, target, recipe, calibration_data=calibration_data, num_samples=num_samples,
+                              overwrite=overwrite, command=["llama4ctl", *sys.argv[1:]])
+            out.result(document("quantize_oneshot", res),
+                       lambda c: c.print(f"wrote {res['destination']} with {res['recipe']} in {res['seconds']:.1f} s"))
+            return
         if method != "fp8":
             raise NotBuiltError(f"--{method} is not implemented yet")
-        if recipe is not None:
-            raise NotBuiltError("--recipe (llm-compressor oneshot) is not implemented yet")
         plan = jobs.plan_quantize(src, method=method, backend=backend, scheme=scheme, ignore=ignore or [],
                                   experts_only=experts_only, max_shard_size=max_shard_size)
         target = Path(dst) if dst else jobs.default_destination(src, plan.format)

@@ -108,10 +108,11 @@ def test_hub_repo_ids_must_be_downloaded_before_sharding(tmp_path):
     assert r.returncode == 1 and "download" in r.stderr
 
 
-def test_quantize_options_not_built_yet_exit_2(ckpt, tmp_path):
-    for args in (["--int4"], ["--int8"], ["--fp8", "--recipe", "r.yaml"]):
-        r = cli("quantize", ckpt, tmp_path / "q", *args)
-        assert r.returncode == 2 and "not implemented yet" in r.stderr, args
+def test_quantize_recipe_errors_are_handled(ckpt, tmp_path):
+    r = cli("quantize", ckpt, tmp_path / "q", "--fp8", "--recipe", "no-such-recipe")
+    assert r.returncode == 1 and "shipped recipes" in r.stderr
+    r = cli("quantize", ckpt, tmp_path / "q", "--fp8", "--recipe", "maverick-fp8-dynamic", "--resume")
+    assert r.returncode == 2
 
 
 def test_quantize_needs_exactly_one_method(ckpt, tmp_path):
