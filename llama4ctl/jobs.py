@@ -59,6 +59,7 @@ def execute_plan(plan: Plan, dst: str | Path, *, overwrite: bool = False, resume
         "shards_written": r.shards_written,
         "shards_skipped": r.shards_skipped,
         "seconds": round(r.seconds, 3),
+        "shard_devices": r.shard_devices,
         "plan": plan.summary(),
     }
 

@@ -52,9 +52,11 @@ def safetensors_dtype(dt: torch.dtype) -> str:
 class Reader:
     """Positioned reads over a checkpoint's shard files; safe to share between threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, pin_memory: bool = False) -> None:
+        """pin_memory: tensor reads land in page-locked buffers, for fast copies to a GPU."""
         self._fds: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
+        self.pin_memory = pin_memory
 
     def close(self) -> None:
         with self._lock:
@@ -113,7 +115,7 @@ class Reader:
         import torch
 
         stop = self._check_range(ref, start, stop)
-        raw = torch.empty(stop - start, dtype=torch.uint8)
+        raw = torch.empty(stop - start, dtype=torch.uint8, pin_memory=self.pin_memory)
         if stop > start:
             self._read_into(ref, start, memoryview(raw.numpy()).cast("B"))
         return raw.view(torch_dtype(ref.dtype)).reshape(shape)

@@ -58,6 +58,7 @@ class RunResult:
     bytes_written: int = 0
     seconds: float = 0.0
     recorder: Recorder = field(default_factory=Recorder)
+    shard_devices: dict[str, str] = field(default_factory=dict)
 
 
 def validate(plan: Plan) -> None:
@@ -124,7 +125,7 @@ def execute(
         needed = sum(len(build_header(s.outputs)) + s.nbytes for s in todo) + (1 << 20)
         check_free_disk(out.dst, needed)
 
-        reader = Reader()
+        reader = Reader(pin_memory=any(d.startswith("cuda") for d in devices))
         if len(devices) > 1:
             workers = len(devices)
         free_devices: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -147,6 +148,7 @@ def execute(
                 f.abort()
                 raise
             out.mark_finished(shard)
+            result.shard_devices[shard.filename] = ctx.device
             return f.bytes_written
 
         try:
