@@ -146,3 +146,14 @@ def test_unknown_kernel_is_caught_before_anything_is_written(src, tmp_path):
     with pytest.raises(Exception, match="nope"):
         executor.execute(plan, tmp_path / "out")
     assert not (tmp_path / ".out.partial").exists()
+
+
+def test_one_worker_per_device_each_shard_written_once(src, tmp_path):
+    """The multi-GPU split, exercised with two CPU 'devices': each worker keeps its device."""
+    plan = plan_shard(src, max_shard_size=5000)
+    res = executor.execute(plan, tmp_path / "out", devices=("cpu", "cpu"))
+    assert set(res.shard_devices) == {s.filename for s in plan.shards}
+    ref = execute_plan(plan, tmp_path / "ref")
+    a, b = files(tmp_path / "out"), files(tmp_path / "ref")
+    a.pop("llama4ctl.json"), b.pop("llama4ctl.json")
+    assert a == b and ref["shards_written"] == 5
