@@ -10,6 +10,14 @@ from typing import Any
 from llama4ctl.progress import NullProgress, Progress
 
 
+def human_size(n: int) -> str:
+    """Decimal units, as the rest of the toolkit (5GB = 5e9 bytes)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n} B"
+
+
 class Output:
     def __init__(self, *, json_mode: bool = False, quiet: bool = False, debug: bool = False):
         self.json_mode, self.quiet, self.debug = json_mode, quiet, debug

@@ -8,7 +8,7 @@ import typer
 
 from llama4ctl.cli._errors import handled
 from llama4ctl.cli._options import DebugOpt, JsonOpt, QuietOpt, RevisionOpt, TokenOpt
-from llama4ctl.cli._output import Output
+from llama4ctl.cli._output import Output, human_size
 
 HELP = """Download a Llama 4 repo from the Hub (hf_xet when available), resumable, and verify every file.
 
@@ -60,29 +60,22 @@ def download_cmd(
 download_cmd.__doc__ = HELP
 
 
-def _size(n: int) -> str:
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
-            return f"{n / size:,.2f} {unit}"
-    return f"{n} B"
-
-
 def render(console: Any, res: dict[str, Any]) -> None:
     from rich.table import Table
 
     head = f"{res['repo_id']} @ {res['revision']}" + (f" ({res['commit'][:12]})" if res.get("commit") else "")
     if res["dry_run"]:
-        table = Table(title=f"{head}: would download {_size(res['bytes_to_download'])} of "
-                      f"{_size(res['total_bytes'])} into {res['destination']}", title_justify="left")
+        table = Table(title=f"{head}: would download {human_size(res['bytes_to_download'])} of "
+                      f"{human_size(res['total_bytes'])} into {res['destination']}", title_justify="left")
         for col, justify in (("file", "left"), ("size", "right"), ("status", "left"), ("check", "left")):
             table.add_column(col, justify=justify)  # type: ignore[arg-type]
         for f in res["files"]:
-            table.add_row(f["path"], _size(f["size"]), "present" if f["present"] else "to download",
+            table.add_row(f["path"], human_size(f["size"]), "present" if f["present"] else "to download",
                           f.get("check") or "-")
         console.print(table)
     else:
         verified = {True: "all verified", None: "not verified"}[res["verified"]]
-        console.print(f"{head}: {len(res['files'])} file(s), {_size(res['total_bytes'])} in {res['destination']} "
+        console.print(f"{head}: {len(res['files'])} file(s), {human_size(res['total_bytes'])} in {res['destination']} "
                       f"({verified}, {res['seconds']:.1f} s)")
     if res.get("components"):
         console.print(f"--components {res.get('components_requested')} ({', '.join(res['components'])}): skipped "

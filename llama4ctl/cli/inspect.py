@@ -8,7 +8,7 @@ import typer
 
 from llama4ctl.cli._errors import handled
 from llama4ctl.cli._options import DebugOpt, JsonOpt, QuietOpt, RevisionOpt, TokenOpt
-from llama4ctl.cli._output import Output
+from llama4ctl.cli._output import Output, human_size
 
 
 def inspect_cmd(
@@ -31,13 +31,6 @@ def inspect_cmd(
         out.result(document("inspect", doc), lambda c: render(c, doc))
 
 
-def _gb(n: int) -> str:
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
-            return f"{n / size:,.2f} {unit}"
-    return f"{n} B"
-
-
 def render(console: Any, doc: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -46,12 +39,12 @@ def render(console: Any, doc: dict[str, Any]) -> None:
     console.print(f"[bold]{doc['source']}[/bold]")
     console.print(
         f"family {doc['family']} · {doc['architecture']} · {doc['num_parameters']:,} parameters · "
-        f"{_gb(doc['total_bytes'])} in {doc['shards']} shard(s) · {doc['num_tensors']} tensors"
+        f"{human_size(doc['total_bytes'])} in {doc['shards']} shard(s) · {doc['num_tensors']} tensors"
     )
     console.print(
         f"experts {doc['num_experts']} ({doc['expert_layout']}) · MoE layers {doc['moe_layers']} · "
         f"NoPE layers {doc['nope_layers']} · quantization {quant} · dtypes "
-        + ", ".join(f"{k} {_gb(v)}" for k, v in doc["dtypes"].items())
+        + ", ".join(f"{k} {human_size(v)}" for k, v in doc["dtypes"].items())
     )
     for note in doc["config_notes"]:
         console.print(f"config note: {note}")
@@ -72,7 +65,7 @@ def render(console: Any, doc: dict[str, Any]) -> None:
     for col in fits_cols:
         mt.add_column(f"fits {col}", justify="center")
     for prec, nbytes in mem["weights_bytes"].items():
-        mt.add_row(prec, _gb(nbytes), *("yes" if mem["fits"][prec][c] else "no" for c in fits_cols))
+        mt.add_row(prec, human_size(nbytes), *("yes" if mem["fits"][prec][c] else "no" for c in fits_cols))
     console.print(mt)
     if "tensors" in doc:
         tt = Table(title="tensors", title_justify="left")

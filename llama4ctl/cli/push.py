@@ -8,7 +8,7 @@ import typer
 
 from llama4ctl.cli._errors import handled
 from llama4ctl.cli._options import DebugOpt, JsonOpt, QuietOpt, TokenOpt
-from llama4ctl.cli._output import Output
+from llama4ctl.cli._output import Output, human_size
 
 HELP = """Upload a checkpoint folder to the Hub: creates the repo if needed, then upload_folder (with hf_xet:
 several resumable commits; re-run the same command to resume).
@@ -53,29 +53,22 @@ def push_cmd(
 push_cmd.__doc__ = HELP
 
 
-def _size(n: int) -> str:
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
-            return f"{n / size:,.2f} {unit}"
-    return f"{n} B"
-
-
 def render(console: Any, res: dict[str, Any]) -> None:
     from rich.table import Table
 
     if res["dry_run"]:
-        table = Table(title=f"would upload {len(res['files'])} file(s), {_size(res['total_bytes'])} to "
+        table = Table(title=f"would upload {len(res['files'])} file(s), {human_size(res['total_bytes'])} to "
                       f"{res['repo_id']} @ {res['revision']}" + (" as a pull request" if res["create_pr"] else ""),
                       title_justify="left")
         table.add_column("file")
         table.add_column("size", justify="right")
         for f in res["files"]:
-            table.add_row(f["path"] + (" (generated)" if f.get("generated") else ""), _size(f["size"]))
+            table.add_row(f["path"] + (" (generated)" if f.get("generated") else ""), human_size(f["size"]))
         console.print(table)
         if res.get("card"):
             console.print("generated model card (README.md):")
             console.print(res["card"], markup=False, highlight=False)
         return
     where = res.get("pr_url") or res.get("commit_url") or res.get("url")
-    console.print(f"pushed {len(res['files'])} file(s), {_size(res['total_bytes'])} to {res['repo_id']} "
+    console.print(f"pushed {len(res['files'])} file(s), {human_size(res['total_bytes'])} to {res['repo_id']} "
                   f"({res['model_card']} model card) in {res['seconds']:.1f} s: {where}")
