@@ -6,15 +6,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from llama4ctl.checkpoint.reader import BLOCK_BYTES, row_blocks, torch_dtype
+from llama4ctl.exec.writer import FileRange
 from llama4ctl.plan.ops import TensorOp, kernel
 
 
 @kernel("copy")
 def copy_bytes(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any]]:
-    """Bit-identical: raw bytes in blocks, never decoded."""
+    """Bit-identical: the raw byte range, copied file to file by the kernel (no decode, no user memory)."""
     (src,), (out,) = op.sources, op.outputs
-    for block in ctx.reader.iter_byte_blocks(src, BLOCK_BYTES):
-        yield out.name, block
+    yield out.name, FileRange(src.file, src.start, src.nbytes)
 
 
 @kernel("cast")

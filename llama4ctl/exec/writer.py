@@ -17,6 +17,7 @@ import os
 import shutil
 import struct
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,31 @@ def build_header(outputs: tuple[OutputSpec, ...] | list[OutputSpec]) -> bytes:
     raw = json.dumps(doc, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     return struct.pack("<Q", len(raw)) + raw
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """A chunk that is a byte range of a source file: copied in the kernel (copy_file_range), never read in."""
+
+    path: Path
+    offset: int
+    length: int
+
+
+def _copy_range(src: FileRange, dst_fd: int) -> None:
+    fd = os.open(src.path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < src.length:
+            try:
+                n = os.copy_file_range(fd, dst_fd, src.length - done, src.offset + done)
+            except OSError:  # not supported here (old kernel, some filesystems): plain reads and writes
+                n = os.write(dst_fd, os.pread(fd, min(src.length - done, 1 << 26), src.offset + done))
+            if n == 0:
+                raise OutputError(f"source ended while copying {src.length} bytes at offset {src.offset}", src.path)
+            done += n
+    finally:
+        os.close(fd)
 
 
 def _as_bytes(chunk: Any) -> memoryview:
@@ -65,7 +91,7 @@ class ShardFile:
         self._f.write(build_header(outputs))
 
     def write(self, name: str, chunk: Any) -> int:
-        data = _as_bytes(chunk)
+        data = chunk if isinstance(chunk, FileRange) else _as_bytes(chunk)
         while self._i < len(self.outputs) and self.outputs[self._i].nbytes == 0 and self._written == 0 \
                 and self.outputs[self._i].name != name:
             self._i += 1  # empty tensors carry no bytes
@@ -73,14 +99,19 @@ class ShardFile:
             expected = self.outputs[self._i].name if self._i < len(self.outputs) else "nothing"
             raise OutputError(f"internal: kernel emitted {name!r} while {expected!r} was expected", self.tmp_path)
         spec = self.outputs[self._i]
-        if self._written + len(data) > spec.nbytes:
+        size = data.length if isinstance(data, FileRange) else len(data)
+        if self._written + size > spec.nbytes:
             raise OutputError(f"internal: kernel emitted too many bytes for {name!r}", self.tmp_path)
-        self._f.write(data)
-        self._written += len(data)
-        self.bytes_written += len(data)
+        if isinstance(data, FileRange):
+            self._f.flush()
+            _copy_range(data, self._f.fileno())
+        else:
+            self._f.write(data)
+        self._written += size
+        self.bytes_written += size
         if self._written == spec.nbytes:
             self._i, self._written = self._i + 1, 0
-        return len(data)
+        return size
 
     def close(self) -> None:
         while self._i < len(self.outputs) and self.outputs[self._i].nbytes == 0:
