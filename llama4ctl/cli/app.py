@@ -8,6 +8,8 @@ import typer
 
 from llama4ctl import __version__
 from llama4ctl.cli.demo import demo_cmd
+from llama4ctl.cli.dedup import HELP as DEDUP_HELP
+from llama4ctl.cli.dedup import dedup_cmd
 from llama4ctl.cli.download import HELP as DOWNLOAD_HELP
 from llama4ctl.cli.download import download_cmd
 from llama4ctl.cli.inspect import inspect_cmd
@@ -47,8 +49,8 @@ app.command("quantize", help=QUANTIZE_HELP)(quantize_cmd)
 app.command("demo")(demo_cmd)
 app.command("download", help=DOWNLOAD_HELP)(download_cmd)
 app.command("push", help=PUSH_HELP)(push_cmd)
+app.command("dedup-report", help=DEDUP_HELP)(dedup_cmd)
 for _name, _summary in (
-    ("dedup-report", "Xet chunk reuse between a base checkpoint and its derivatives"),
     ("run", "Generate from a checkpoint"),
 ):
     app.command(_name, context_settings=NOT_BUILT_SETTINGS, help=f"{_summary} (not implemented yet).")(

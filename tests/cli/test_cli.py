@@ -34,7 +34,7 @@ def test_version_and_help():
         assert name in r.stdout
 
 
-@pytest.mark.parametrize("command", ["dedup-report", "run"])
+@pytest.mark.parametrize("command", ["run"])
 def test_commands_not_built_yet_say_so_and_exit_2(command):
     r = cli(command, "some/repo", "--fp8")
     assert r.returncode == 2
