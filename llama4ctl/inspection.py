@@ -69,15 +69,34 @@ def _ct_scheme(qc: dict[str, Any]) -> str | None:
     return None
 
 
+QUANTIZED_DTYPES = frozenset({"I8", "U8", "F8_E4M3", "F8_E5M2", "I32"})
+
+
+def bits_per_weight(ckpt: Checkpoint, names: set[str], packed_bits: int = 4) -> dict[str, Any]:
+    """Storage bits per logical weight of the quantized weights, their scales and state included."""
+    params = stored = 0
+    for t in ckpt.tensors:
+        if is_aux_tensor(t.name):
+            stored += t.nbytes if t.dtype != "I64" else 0  # weight_shape: metadata, a few bytes per module
+        elif t.dtype in QUANTIZED_DTYPES and (t.name.endswith((".weight", ".weight_packed"))
+                                              or parse_fused_expert(t.name)):
+            params += logical_numel(t, names, packed_bits)
+            stored += t.nbytes
+    if not params:
+        return {"quantized_parameters": 0, "bits_per_weight": None}
+    return {"quantized_parameters": params, "bits_per_weight": round(8 * stored / params, 4)}
+
+
 def summarize(ckpt: Checkpoint, *, with_tensors: bool = False) -> dict[str, Any]:
     names = {t.name for t in ckpt.tensors}
     quant = detect_quantization(ckpt)
     by_component = dict.fromkeys(COMPONENTS, 0)
     dtypes: dict[str, int] = {}
     for t in ckpt.tensors:
-        by_component[component(t.name)] += logical_numel(t, names)
+        by_component[component(t.name)] += logical_numel(t, names, quant.get("bits") or 4)
         dtypes[t.dtype] = dtypes.get(t.dtype, 0) + t.nbytes
     num_params = sum(by_component.values())
+    quant.update(bits_per_weight(ckpt, names, quant.get("bits") or 4))
     text = ckpt.text
     fused = any(parse_fused_expert(t.name) for t in ckpt.tensors)
     per_expert = any(".feed_forward.experts." in t.name and not parse_fused_expert(t.name) for t in ckpt.tensors)
@@ -119,6 +138,7 @@ def memory_estimates(by_component: dict[str, int]) -> dict[str, Any]:
     estimates = {
         "bf16": 2 * (quantizable + kept),
         "fp8": quantizable + 2 * kept,
+        "int8": math.ceil(quantizable + quantizable / 128 * 2) + 2 * kept,  # group-128 BF16 scales (W8A16)
         "int4": math.ceil(quantizable / 2 + quantizable / 128 * 2) + 2 * kept,  # group-128 BF16 scales
     }
     fits = {

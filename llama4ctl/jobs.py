@@ -66,19 +66,27 @@ def execute_plan(plan: Plan, dst: str | Path, *, overwrite: bool = False, resume
 
 # ------------------------------------------------------------------------------------------- quantize
 
-BACKENDS = ("llm-compressor", "fbgemm")
+BACKENDS = ("llm-compressor", "fbgemm", "bnb")
 
 
 def make_quant_format(*, method: str, backend: str, scheme: str | None, ignore: list[str],
-                      experts_only: bool) -> Any:
+                      experts_only: bool, group_size: int = 128, double_quant: bool = True) -> Any:
     from llama4ctl.errors import PlanError
     from llama4ctl.formats.selection import Selection
 
     selection = Selection(ignore, experts_only)
     if backend not in BACKENDS:
         raise PlanError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if method in ("int4", "int8"):
+        return make_int_format(method=method, backend=backend, scheme=scheme, selection=selection,
+                               group_size=group_size, double_quant=double_quant)
     if method != "fp8":
-        raise PlanError(f"--{method} is not built yet; only --fp8 is available")
+        raise PlanError(f"unknown quantization {method!r}; choose fp8, int4 or int8")
+    if backend == "bnb":
+        raise PlanError("--backend bnb writes int4 (NF4) or int8 (LLM.int8), not FP8", hint="use --int4 or --int8")
+    if group_size != 128:
+        raise PlanError("--group-size applies to --int4/--int8; FP8 uses --scheme (FP8_DYNAMIC per channel, "
+                        "FP8_BLOCK 128x128)")
     if backend == "fbgemm":
         if scheme not in (None, "FP8_ROWWISE"):
             raise PlanError(f"--scheme {scheme} is not available with --backend fbgemm (it is per-row FP8)")
@@ -90,15 +98,40 @@ def make_quant_format(*, method: str, backend: str, scheme: str | None, ignore: 
     return CompressedTensorsFp8Format(scheme or "FP8_DYNAMIC", selection)
 
 
+def make_int_format(*, method: str, backend: str, scheme: str | None, selection: Any, group_size: int = 128,
+                    double_quant: bool = True) -> Any:
+    """--int4/--int8: compressed-tensors pack-quantized W4A16/W8A16 (llm-compressor) or bitsandbytes NF4/INT8."""
+    from llama4ctl.errors import PlanError
+
+    bits = 4 if method == "int4" else 8
+    if backend == "fbgemm":
+        raise PlanError(f"--backend fbgemm writes FP8 only; --{method} takes --backend llm-compressor or bnb")
+    if backend == "bnb":
+        quant_type = (scheme or "NF4").lower() if bits == 4 else "int8"
+        if bits == 8 and scheme not in (None, "INT8", "LLM.int8"):
+            raise PlanError(f"--scheme {scheme} is not available with --int8 --backend bnb (it is LLM.int8)")
+        if group_size != 128:
+            raise PlanError("--group-size does not apply to --backend bnb (its blocks are 64 values)")
+        from llama4ctl.formats.bnb import BitsAndBytesFormat
+
+        return BitsAndBytesFormat(bits, quant_type, double_quant, selection)
+    expected = f"W{bits}A16"
+    if scheme not in (None, expected):
+        raise PlanError(f"--scheme {scheme} is not available with --{method}; it writes {expected}")
+    from llama4ctl.formats.compressed_tensors_int import CompressedTensorsIntFormat
+
+    return CompressedTensorsIntFormat(expected, group_size, selection)
+
+
 def default_destination(src: str | Path, fmt: Any) -> Path:
     return Path.cwd() / f"{Path(str(src).rstrip('/')).name}-{fmt.default_suffix()}"
 
 
 def plan_quantize(src: str | Path, *, method: str = "fp8", backend: str = "llm-compressor",
                   scheme: str | None = None, ignore: list[str] | None = None, experts_only: bool = False,
-                  max_shard_size: str | int = "5GB") -> Plan:
+                  max_shard_size: str | int = "5GB", group_size: int = 128, double_quant: bool = True) -> Plan:
     fmt = make_quant_format(method=method, backend=backend, scheme=scheme, ignore=list(ignore or []),
-                            experts_only=experts_only)
+                            experts_only=experts_only, group_size=group_size, double_quant=double_quant)
     return build_plan(open_local(src), fmt, max_shard_size=parse_size(max_shard_size))
 
 
@@ -133,7 +166,7 @@ def quantize(plan: Plan, dst: str | Path, *, device: str = "auto", workers: int 
 
     def write_report(out: Any, recorder: Any) -> None:
         qc = (plan.config or {}).get("quantization_config") or {}
-        kept = qc.get("ignore") or qc.get("modules_to_not_convert") or []
+        kept = qc.get("ignore") or qc.get("modules_to_not_convert") or qc.get("llm_int8_skip_modules") or []
         report.update(build_report(plan, recorder.stats, kept_modules=kept))
         out.write_json("quantization_report.json", document("quantization_report", report))
 

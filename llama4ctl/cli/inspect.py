@@ -36,6 +36,8 @@ def render(console: Any, doc: dict[str, Any]) -> None:
 
     q = doc["quantization"]
     quant = q["format"] + (f" ({q['scheme']})" if q.get("scheme") else "")
+    if q.get("bits_per_weight"):
+        quant += f", {q['bits_per_weight']:.2f} bits/weight"
     console.print(f"[bold]{doc['source']}[/bold]")
     console.print(
         f"family {doc['family']} · {doc['architecture']} · {doc['num_parameters']:,} parameters · "

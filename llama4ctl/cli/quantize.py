@@ -1,4 +1,4 @@
-"""`llama4ctl quantize SRC [DST] --fp8`: streamed quantization, experts done right, atomic and resumable."""
+"""`llama4ctl quantize SRC [DST] --fp8|--int4|--int8`: streamed quantization, experts done right, atomic and resumable."""
 
 from __future__ import annotations
 
@@ -13,13 +13,17 @@ from llama4ctl.cli._options import (DebugOpt, DryRunOpt, JsonOpt, MaxShardSizeOp
                                     ResumeOpt, WorkersOpt)
 from llama4ctl.cli._output import Output
 from llama4ctl.cli.shard import render_plan
-from llama4ctl.errors import NotBuiltError
 
 HELP = """Quantize a checkpoint tensor by tensor (fused experts expert by expert), with bounded memory.
 
 --backend llm-compressor (default) writes compressed-tensors (vLLM-servable, loads on CPU) with experts
 unfused per expert; --backend fbgemm writes transformers' fbgemm_fp8 format (experts fused; needs an H100-class
 GPU to load). Kept in BF16: router, vision tower, projector, lm_head, embeddings, norms.
+
+--int4 / --int8 (Scout): --backend llm-compressor (default) writes compressed-tensors pack-quantized W4A16
+(symmetric int4, --group-size 128) / W8A16, data-free round-to-nearest, experts unfused per expert (vLLM and
+transformers load it); --backend bnb writes a pre-quantized bitsandbytes NF4 (double quant unless
+--no-double-quant) / LLM.int8 checkpoint with every language-model Linear quantized, experts included.
 
 --recipe runs llm-compressor's oneshot instead, which loads the WHOLE model into memory (~800 GB for
 Maverick): use it only for calibration-based schemes (e.g. GPTQ); the streaming path is the better choice for
@@ -29,12 +33,14 @@ data-free FP8, whatever the model size.
 
 def quantize_cmd(
     src: Annotated[str, typer.Argument(help="Source checkpoint directory (BF16).")],
-    dst: Annotated[str | None, typer.Argument(help="Destination (default: <name>-FP8-DYNAMIC etc. in the current directory).")] = None,
+    dst: Annotated[str | None, typer.Argument(help="Destination (default: <name>-FP8-DYNAMIC, <name>-W4A16-G128, <name>-W8A16, <name>-BNB-NF4, <name>-BNB-INT8 … in the current directory).")] = None,
     fp8: Annotated[bool, typer.Option("--fp8", help="FP8 E4M3 weights.")] = False,
     int4: Annotated[bool, typer.Option("--int4", help="int4 weights (Scout).")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="int8 weights (Scout).")] = False,
-    backend: Annotated[str, typer.Option("--backend", help="llm-compressor (compressed-tensors) or fbgemm.")] = "llm-compressor",
-    scheme: Annotated[str | None, typer.Option("--scheme", help="FP8_DYNAMIC (default) or FP8_BLOCK for llm-compressor.")] = None,
+    backend: Annotated[str, typer.Option("--backend", help="llm-compressor (compressed-tensors), fbgemm (FP8) or bnb (bitsandbytes, int4/int8).")] = "llm-compressor",
+    scheme: Annotated[str | None, typer.Option("--scheme", help="FP8_DYNAMIC (default) or FP8_BLOCK for llm-compressor; NF4 (default) or FP4 for --int4 --backend bnb.")] = None,
+    group_size: Annotated[int, typer.Option("--group-size", help="int4/int8 (llm-compressor): input columns per scale; -1 for one scale per output channel.")] = 128,
+    double_quant: Annotated[bool, typer.Option("--double-quant/--no-double-quant", help="--int4 --backend bnb: quantize the NF4 block scales too (~0.52 instead of ~0.56 bytes per weight).")] = True,
     recipe: Annotated[str | None, typer.Option("--recipe", help="llm-compressor recipe for oneshot (a YAML path or a shipped name: maverick-fp8-dynamic, scout-fp8-block, scout-w4a16-gptq); loads the whole model.")] = None,
     calibration_data: Annotated[Path | None, typer.Option("--calibration-data", help="Text file, one calibration sample per line (recipes that calibrate, e.g. GPTQ).")] = None,
     num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="Calibration samples for --recipe.")] = 256,
@@ -70,10 +76,9 @@ def quantize_cmd(
             out.result(document("quantize_oneshot", res),
                        lambda c: c.print(f"wrote {res['destination']} with {res['recipe']} in {res['seconds']:.1f} s"))
             return
-        if method != "fp8":
-            raise NotBuiltError(f"--{method} is not implemented yet")
         plan = jobs.plan_quantize(src, method=method, backend=backend, scheme=scheme, ignore=ignore or [],
-                                  experts_only=experts_only, max_shard_size=max_shard_size)
+                                  experts_only=experts_only, max_shard_size=max_shard_size,
+                                  group_size=group_size, double_quant=double_quant)
         target = Path(dst) if dst else jobs.default_destination(src, plan.format)
         if dry_run:
             summary = {**plan.summary(), "destination": str(target)}

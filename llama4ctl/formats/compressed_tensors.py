@@ -6,6 +6,8 @@
   pre-quantized path (SequentialLlama4TextExperts) read.
 The quantization_config is built with compressed-tensors' own classes so it stays in step with the library;
 its `ignore` lists every kept Linear by full module name, as llm-compressor's oneshot writes it.
+On CPU the numba kernels of quant/fp8_cpu.py quantize in one pass and write each expert's [out, in] weight
+straight from the fused [in, out] slice; on CUDA the torch reference runs. Both give the same bits.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from llama4ctl.formats.registry import register
 from llama4ctl.formats.selection import Selection
 from llama4ctl.plan.ops import OutputSpec, TensorOp, kernel
 from llama4ctl.quant.fp8 import ct_block, ct_channel, dequantize_block, dequantize_rowwise
+from llama4ctl.quant.fp8_cpu import ct_block_cols, ct_block_rows, ct_channel_cols, ct_channel_rows
 
 SCHEMES = ("FP8_DYNAMIC", "FP8_BLOCK")
 BLOCK = (128, 128)
@@ -111,7 +114,7 @@ class CompressedTensorsFp8Format(Format):
 
 
 def quantize_weight(w: Any, scheme: str) -> tuple[Any, Any, float, float]:
-    """(q, scale, err², norm²) for one [out, in] weight."""
+    """(q, scale, err², norm²) for one [out, in] weight: the torch path (CUDA)."""
     if scheme == "FP8_BLOCK":
         q, s = ct_block(w, BLOCK)
         d = dequantize_block(q, s, BLOCK) - w.float()
@@ -129,9 +132,10 @@ def _rel(err2: float, norm2: float) -> float:
 def quantize_linear(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any]]:
     (src,), (w_out, s_out) = op.sources, op.outputs
     w = ctx.reader.read(src)
-    if ctx.device != "cpu":
-        w = w.to(ctx.device)
-    q, s, err2, norm2 = quantize_weight(w, op.params["scheme"])
+    if ctx.device == "cpu":
+        q, s, err2, norm2 = (ct_block_rows if op.params["scheme"] == "FP8_BLOCK" else ct_channel_rows)(w)
+    else:
+        q, s, err2, norm2 = quantize_weight(w.to(ctx.device), op.params["scheme"])
     yield w_out.name, q
     yield s_out.name, s
     ctx.recorder.record(w_out.name, rel_error=_rel(err2, norm2))
@@ -141,16 +145,14 @@ def quantize_linear(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any]]:
 def quantize_expert(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any]]:
     (src,) = op.sources
     w = ctx.reader.read_expert(src, op.params["expert"])  # [in, out] slice of the fused tensor
-    if ctx.device != "cpu":
-        w = w.to(ctx.device)
     outs = op.outputs
-    if len(outs) == 4:
-        half = w.shape[-1] // 2
-        parts = [w[:, :half].t().contiguous(), w[:, half:].t().contiguous()]
-    else:
-        parts = [w.t().contiguous()]
+    half = w.shape[-1] // 2
+    parts = [w[:, :half], w[:, half:]] if len(outs) == 4 else [w]  # [in, out] each; the weights are their .T
     for i, part in enumerate(parts):
-        q, s, err2, norm2 = quantize_weight(part, op.params["scheme"])
+        if ctx.device == "cpu":  # one pass from the slice to the transposed FP8 weight
+            q, s, err2, norm2 = (ct_block_cols if op.params["scheme"] == "FP8_BLOCK" else ct_channel_cols)(part)
+        else:
+            q, s, err2, norm2 = quantize_weight(part.to(ctx.device).t().contiguous(), op.params["scheme"])
         yield outs[2 * i].name, q
         yield outs[2 * i + 1].name, s
         ctx.recorder.record(outs[2 * i].name, rel_error=_rel(err2, norm2))
@@ -180,13 +182,14 @@ def check_vllm_layout(outputs: list[OutputSpec], ignore: list[str]) -> None:
     names = {o.name: o for o in outputs}
     modules: dict[str, bool] = {}  # Linear module -> quantized?
     for o in outputs:
-        if o.name.endswith(".weight") and len(o.shape) == 2:
-            mod = o.name[: -len(".weight")]
+        packed = o.name.endswith(".weight_packed")  # int4/int8 pack-quantized (formats/compressed_tensors_int.py)
+        if (packed or o.name.endswith(".weight")) and len(o.shape) == 2:
+            mod = o.name.rsplit(".", 1)[0]
             if "norm" in mod.rsplit(".", 1)[-1] or "embed_tokens" in mod:
                 continue
-            modules[mod] = o.dtype == "F8_E4M3"
+            modules[mod] = packed or o.dtype == "F8_E4M3"
             if modules[mod] and f"{mod}.weight_scale" not in names:
-                raise PlanError(f"internal: {mod} is FP8 without a weight_scale")
+                raise PlanError(f"internal: {mod} is quantized without a weight_scale")
             if not modules[mod] and not _ignored(mod, ignore):
                 raise PlanError(f"{mod} stays BF16 but is not in the quantization_config ignore list; "
                                 "vLLM would look for its weight_scale")
@@ -204,7 +207,7 @@ def check_vllm_layout(outputs: list[OutputSpec], ignore: list[str]) -> None:
     experts: dict[str, dict[int, set[str]]] = {}
     for name in names:
         pe = parse_per_expert(name)
-        if pe is not None and pe.leaf == "weight":
+        if pe is not None and pe.leaf in ("weight", "weight_packed"):
             experts.setdefault(pe.experts_prefix, {}).setdefault(pe.expert, set()).add(pe.proj)
     for prefix, by_expert in experts.items():
         if sorted(by_expert) != list(range(len(by_expert))):

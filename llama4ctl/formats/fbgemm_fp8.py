@@ -4,7 +4,9 @@
   experts: gate_up_proj F8_E4M3 [E, H, 2I] + gate_up_proj_scale F32 [E, 1, 2I]   (one scale per output column)
            down_proj    F8_E4M3 [E, I, H]  + down_proj_scale    F32 [E, H, 1]
 transformers quantizes experts by transposing each expert to [out, in] and taking per-row scales; the kernels
-here do the same one expert at a time, so memory stays at one expert slice.
+here do the same one expert at a time, so memory stays at one expert slice. On CPU the numba kernels of
+quant/fp8_cpu.py take the per-output-channel scales straight from the [in, out] slice (no transpose) in one pass;
+on CUDA the torch/fbgemm path runs. Both give the same bits.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from llama4ctl.formats.registry import register
 from llama4ctl.formats.selection import Selection
 from llama4ctl.plan.ops import OutputSpec, TensorOp, kernel
 from llama4ctl.quant.fp8 import dequantize_rowwise, fbgemm_rowwise
+from llama4ctl.quant.fp8_cpu import fbgemm_cols, fbgemm_rows
 
 ACTIVATION_SCALE_UB = 1200.0
 
@@ -105,8 +108,11 @@ def compact_kept(kept: list[str], ckpt: Checkpoint) -> list[str]:
     return out + kept
 
 
-def _to(t: Any, device: str) -> Any:
-    return t.to(device) if device != "cpu" else t
+def _quantize_rows(w: Any) -> tuple[Any, Any, float, float]:
+    """Torch path (CUDA): w [out, in] -> (q [out, in], scale [out], err², norm²)."""
+    q, s = fbgemm_rowwise(w)
+    d = dequantize_rowwise(q, s) - w.float()
+    return q, s, float(d.pow(2).sum()), float(w.float().pow(2).sum())
 
 
 @kernel("fbgemm_fp8_linear")
@@ -116,22 +122,17 @@ def quantize_linear(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any]]:
     (src,), (w_out, s_out) = op.sources, op.outputs
     scales, err2, norm2 = [], 0.0, 0.0
     for start, stop in row_blocks(src, BLOCK_BYTES // 4):
-        w = _to(ctx.reader.read_rows(src, start, stop), ctx.device)
-        q, s = fbgemm_rowwise(w)
-        d = dequantize_rowwise(q, s) - w.float()
-        err2 += float(d.pow(2).sum())
-        norm2 += float(w.float().pow(2).sum())
+        w = ctx.reader.read_rows(src, start, stop)
+        if ctx.device == "cpu":
+            q, s, e, n = fbgemm_rows(w)
+        else:
+            q, s, e, n = _quantize_rows(w.to(ctx.device))
+        err2 += e
+        norm2 += n
         scales.append(s)
         yield w_out.name, q
     yield s_out.name, torch.cat(scales).reshape(-1, 1)
     ctx.recorder.record(w_out.name, rel_error=(err2 / norm2) ** 0.5 if norm2 else 0.0)
-
-
-def _quantize_expert(w_out_in: Any) -> tuple[Any, Any, float, float]:
-    """[out, in] -> (q stored [in, out], scale [out], err², norm²)."""
-    q, s = fbgemm_rowwise(w_out_in)
-    d = dequantize_rowwise(q, s) - w_out_in.float()
-    return q.t().contiguous(), s, float(d.pow(2).sum()), float(w_out_in.float().pow(2).sum())
 
 
 def _expert_stats(ctx: Any, name: str, per_expert: list[tuple[float, float]]) -> None:
@@ -147,8 +148,12 @@ def quantize_experts(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any]]:
     (src,), (w_out, s_out) = op.sources, op.outputs
     scales, stats = [], []
     for e in range(src.shape[0]):
-        w = _to(ctx.reader.read_expert(src, e), ctx.device)  # [in, out]
-        q, s, err2, norm2 = _quantize_expert(w.t())
+        w = ctx.reader.read_expert(src, e)  # [in, out]: quantized per output channel, stored as is
+        if ctx.device == "cpu":
+            q, s, err2, norm2 = fbgemm_cols(w)
+        else:
+            q, s, err2, norm2 = _quantize_rows(w.to(ctx.device).t())
+            q = q.t().contiguous()
         stats.append((err2, norm2))
         scales.append(s)
         yield w_out.name, q
@@ -164,9 +169,13 @@ def fuse_and_quantize_experts(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any
     k = op.params["per_expert"]
     scales, stats = [], []
     for i in range(0, len(op.sources), k):
-        parts = [_to(ctx.reader.read(r), ctx.device) for r in op.sources[i : i + k]]
-        w = torch.cat(parts, dim=0) if k == 2 else parts[0]  # [out, in]: gate rows then up rows
-        q, s, err2, norm2 = _quantize_expert(w)
+        parts = [ctx.reader.read(r) for r in op.sources[i : i + k]]  # [out, in] each: gate rows then up rows
+        if ctx.device == "cpu":
+            q, s, err2, norm2 = fbgemm_rows(*parts, transpose=True)  # stored [in, out]
+        else:
+            w = torch.cat(parts, dim=0) if k == 2 else parts[0]
+            q, s, err2, norm2 = _quantize_rows(w.to(ctx.device))
+            q = q.t().contiguous()
         stats.append((err2, norm2))
         scales.append(s)
         yield w_out.name, q

@@ -28,5 +28,5 @@ def names() -> list[str]:
 def _load_builtin() -> None:
     import importlib
 
-    for module in ("bf16", "fbgemm_fp8", "compressed_tensors"):
+    for module in ("bf16", "fbgemm_fp8", "compressed_tensors", "compressed_tensors_int", "bnb"):
         importlib.import_module(f"llama4ctl.formats.{module}")
