@@ -162,7 +162,8 @@ def quantize(plan: Plan, dst: str | Path, *, device: str = "auto", workers: int 
 
     devices = resolve_devices(device)
     report: dict[str, Any] = {}
-    threading.Thread(target=plan.format.warm_up, daemon=True).start()
+    warm_up = threading.Thread(target=plan.format.warm_up, daemon=True)
+    warm_up.start()
 
     def write_report(out: Any, recorder: Any) -> None:
         qc = (plan.config or {}).get("quantization_config") or {}
@@ -170,8 +171,11 @@ def quantize(plan: Plan, dst: str | Path, *, device: str = "auto", workers: int 
         report.update(build_report(plan, recorder.stats, kept_modules=kept))
         out.write_json("quantization_report.json", document("quantization_report", report))
 
-    res = execute_plan(plan, dst, overwrite=overwrite, resume=resume, workers=workers, progress=progress,
-                       command=command, devices=devices, extra_outputs=write_report)
+    try:
+        res = execute_plan(plan, dst, overwrite=overwrite, resume=resume, workers=workers, progress=progress,
+                           command=command, devices=devices, extra_outputs=write_report)
+    finally:
+        warm_up.join()  # never leave an import half done behind the caller (it may import the same modules)
     res["devices"] = list(devices)
     if report:
         res["report"] = {k: report[k] for k in ("format", "scheme", "backend", "compression_ratio", "components",

@@ -25,6 +25,7 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "download": ("repo_id", "revision", "commit", "destination", "files", "total_bytes", "bytes_to_download",
                  "verified", "dry_run"),
     "push": ("repo_id", "revision", "files", "total_bytes", "model_card", "dry_run", "url", "commit_url", "pr_url"),
+    "run": ("text", "tokens", "ttft_s", "tokens_per_s", "peak_host_bytes", "peak_gpu_bytes"),
     "dedup_report": ("chunker", "base_chunker", "base", "derivatives", "collection"),
 }
 

@@ -17,6 +17,8 @@ from llama4ctl.cli.push import HELP as PUSH_HELP
 from llama4ctl.cli.push import push_cmd
 from llama4ctl.cli.quantize import HELP as QUANTIZE_HELP
 from llama4ctl.cli.quantize import quantize_cmd
+from llama4ctl.cli.run import HELP as RUN_HELP
+from llama4ctl.cli.run import run_cmd
 from llama4ctl.cli.shard import shard_cmd
 from llama4ctl.cli.stubs import NOT_BUILT_SETTINGS, not_built
 
@@ -50,8 +52,8 @@ app.command("demo")(demo_cmd)
 app.command("download", help=DOWNLOAD_HELP)(download_cmd)
 app.command("push", help=PUSH_HELP)(push_cmd)
 app.command("dedup-report", help=DEDUP_HELP)(dedup_cmd)
+app.command("run", help=RUN_HELP)(run_cmd)
 for _name, _summary in (
-    ("run", "Generate from a checkpoint"),
 ):
     app.command(_name, context_settings=NOT_BUILT_SETTINGS, help=f"{_summary} (not implemented yet).")(
         not_built(_name, _summary)

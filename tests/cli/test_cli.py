@@ -34,14 +34,6 @@ def test_version_and_help():
         assert name in r.stdout
 
 
-@pytest.mark.parametrize("command", ["run"])
-def test_commands_not_built_yet_say_so_and_exit_2(command):
-    r = cli(command, "some/repo", "--fp8")
-    assert r.returncode == 2
-    assert "not implemented yet" in r.stderr
-    assert r.stdout == ""
-
-
 def test_usage_errors_exit_2():
     assert cli("inspect").returncode == 2
     assert cli("shard", "a", "b", "--bogus").returncode == 2
