@@ -95,7 +95,10 @@ def reset_gpu_peaks() -> None:
     import torch
 
     for d in _cuda_devices():
-        torch.cuda.reset_peak_memory_stats(d)
+        try:
+            torch.cuda.reset_peak_memory_stats(d)
+        except RuntimeError:  # "Invalid device argument": no allocation on that GPU yet, nothing to reset
+            pass
 
 
 def peak_gpu_bytes() -> int | None:
