@@ -162,6 +162,12 @@ class Fp8GroupedExperts(nn.Module):
 
     def forward(self, x: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
         """x [M, H] (rows sorted by expert), offs int32 [E] cumulative row ends -> [M, H] in x's dtype."""
+        if x.is_cuda:  # fbgemm kernels launch on the current device: make it x's (models spread over GPUs)
+            with torch.cuda.device(x.device):
+                return self._forward(x, offs)
+        return self._forward(x, offs)
+
+    def _forward(self, x: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
         ub = self.input_scale_ub
         xq, xs = quantize_rows(x, ub)
         gate_up = _grouped_mm(self.backend, xq, xs, self.w13, self.s13, offs)

@@ -137,6 +137,11 @@ def execute(
         def write_shard(shard: ShardPlan) -> int:
             if not hasattr(local, "ctx"):
                 local.ctx = OpContext(reader, device=free_devices.get(), recorder=result.recorder)
+                if local.ctx.device.startswith("cuda"):
+                    import torch
+
+                    # the current CUDA device is per thread; kernels such as fbgemm's launch on it
+                    torch.cuda.set_device(local.ctx.device)
             ctx = local.ctx
             f = out.open_shard(shard)
             try:
