@@ -12,14 +12,21 @@ from pathlib import Path
 
 
 def run(cmd: list[str], **kw) -> tuple[float, int]:
-    """(wall seconds, peak RSS bytes) of one command; raises on failure."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss * 1024
+    """(wall seconds, peak RSS bytes) of one command; raises on failure.
+
+    Peak RSS comes from GNU time: a forked child's own ru_maxrss also counts the pages it shared with this
+    (large) benchmark process before exec, which made every figure look like the parent's size.
+    """
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("r") as rss_file:
+        t0 = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file.name, *cmd], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, **kw)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.decode()[-2000:]}")
+        return wall, int(rss_file.read().split()[-1]) * 1024
 
 
 def median_time(cmd: list[str], repeat: int = 5) -> float:

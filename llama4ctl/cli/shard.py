@@ -23,7 +23,7 @@ def shard_cmd(
     dry_run: DryRunOpt = False,
     overwrite: OverwriteOpt = False,
     resume: ResumeOpt = False,
-    workers: WorkersOpt = 1,
+    workers: WorkersOpt = 2,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
