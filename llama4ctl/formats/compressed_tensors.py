@@ -91,26 +91,39 @@ class CompressedTensorsFp8Format(Format):
     def validate_plan(self, ops: list[TensorOp]) -> None:
         check_vllm_layout([o for op in ops for o in op.outputs], self.ignore_list())
 
-    def warm_up(self) -> None:
-        import compressed_tensors.quantization  # noqa: F401  (several seconds; overlapped with quantization)
-
     def ignore_list(self) -> list[str]:
         return list(self._kept) + [p if p.startswith("re:") else f"re:{p}" for p in self.selection.ignore]
 
     def quantization_config(self) -> dict[str, Any]:
-        from compressed_tensors import __version__ as ct_version
-        from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus, preset_name_to_scheme
+        """compressed-tensors' serialization of its FP8 preset, written without importing the library.
 
-        scheme = preset_name_to_scheme(self.scheme, ["Linear"])
-        qc = QuantizationConfig(config_groups={"group_0": scheme}, format="float-quantized",
-                                quantization_status=QuantizationStatus.COMPRESSED, ignore=self.ignore_list())
-        doc = qc.model_dump(mode="json")
-        doc["config_groups"]["group_0"]["format"] = "float-quantized"
-        return {**doc, "version": ct_version, "transform_config": {}}
+        Importing compressed_tensors costs several seconds of CPU (it pulls in transformers and accelerate),
+        as much as quantizing a few GB; tests/unit/test_ct_config.py checks that this dict equals what
+        compressed-tensors' own QuantizationConfig(preset_name_to_scheme(...)).model_dump() produces.
+        """
+        from importlib.metadata import version
+
+        block = self.scheme == "FP8_BLOCK"
+        weights = _quant_args(strategy="block" if block else "channel", dynamic=False,
+                              block_structure=[128, 128] if block else None)
+        activations = _quant_args(strategy="group" if block else "token", dynamic=True,
+                                  group_size=128 if block else None)
+        group = {"format": "float-quantized", "input_activations": activations, "output_activations": None,
+                 "targets": ["Linear"], "weights": weights}
+        return {"config_groups": {"group_0": group}, "quant_method": "compressed-tensors", "kv_cache_scheme": None,
+                "format": "float-quantized", "quantization_status": "compressed", "global_compression_ratio": None,
+                "ignore": self.ignore_list(), "version": version("compressed-tensors"), "transform_config": {}}
 
     def describe(self) -> dict[str, Any]:
         return {"format": self.name, "backend": "llm-compressor", "scheme": self.scheme,
                 "ignore": self.selection.ignore, "experts_only": self.selection.experts_only}
+
+
+def _quant_args(*, strategy: str, dynamic: bool, group_size: int | None = None,
+                block_structure: list[int] | None = None) -> dict[str, Any]:
+    return {"actorder": None, "block_structure": block_structure, "dynamic": dynamic, "group_size": group_size,
+            "num_bits": 8, "observer": None, "observer_kwargs": {}, "scale_dtype": None, "strategy": strategy,
+            "symmetric": True, "type": "float", "zp_dtype": None}
 
 
 def quantize_weight(w: Any, scheme: str) -> tuple[Any, Any, float, float]:
