@@ -31,8 +31,10 @@ model_free_ptq(sys.argv[1], sys.argv[2], scheme="FP8_DYNAMIC", max_workers=int(s
 
 def best(cmd: list[str], out: Path, repeat: int = 2) -> tuple[float, int]:
     results = []
+    partial = out.parent / f".{out.name}.partial"
     for _ in range(repeat):
         shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
         results.append(run(cmd))
     shutil.rmtree(out, ignore_errors=True)
     return min(r[0] for r in results), max(r[1] for r in results)
