@@ -248,7 +248,9 @@ def plan_download(repo_id: str, *, revision: str | None = None, include: Iterabl
     wanted = resolve_components(components)
     api = _api(token)
     try:
-        info = _retrying(lambda: api.repo_info(repo_id, revision=revision))
+        # an explicit revision ("main" is what snapshot_download assumes too) hits /api/models/{id}/revision/{rev},
+        # which Hub mirrors such as olah serve even where bare /api/models/{id} (model_info) is not served
+        info = _retrying(lambda: api.repo_info(repo_id, revision=revision or "main"))
         commit = info.sha
         if not commit:
             raise HubError("the Hub did not return a commit for this revision", repo_id)
