@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llama4ctl.checkpoint.layout import KEPT_IN_BF16, component
+from llama4ctl.units import human_size
 
 LICENSE_LINK = "https://github.com/meta-llama/llama-models/blob/main/models/llama4/LICENSE"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -131,15 +132,6 @@ def _is_multimodal(config: dict[str, Any] | None) -> bool:
     return "vision_config" in cfg or any("ConditionalGeneration" in str(a) for a in archs)
 
 
-def _fmt_bytes(n: Any) -> str:
-    if not isinstance(n, (int, float)):
-        return "?"
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
-            return f"{n / size:,.2f} {unit}"
-    return f"{int(n)} B"
-
-
 def _num(x: Any, fmt: str = ".2e") -> str:
     return format(x, fmt) if isinstance(x, (int, float)) and not isinstance(x, bool) else "?"
 
@@ -153,7 +145,7 @@ def _front_matter(meta: dict[str, Any]) -> str:
 def _report_section(report: dict[str, Any]) -> list[str]:
     lines = ["## Quantization report", ""]
     ratio = report.get("compression_ratio")
-    lines.append(f"- weights: {_fmt_bytes(report.get('input_bytes'))} → {_fmt_bytes(report.get('output_bytes'))}"
+    lines.append(f"- weights: {human_size(report.get('input_bytes'))} → {human_size(report.get('output_bytes'))}"
                  + (f" ({ratio:.2f}× smaller)" if isinstance(ratio, (int, float)) else ""))
     comps = report.get("components")
     if isinstance(comps, dict) and comps:
@@ -258,7 +250,7 @@ def build_model_card(src: str | Path, *, repo_id: str, base_model: str | None = 
         share = 100.0 * float(dedup.get("reused_bytes") or 0) / float(dedup["total_bytes"])
         lines += ["## Storage dedup estimate", "",
                   f"Xet chunk reuse against {dedup.get('base') or base or 'the base'}: {share:.1f}% of "
-                  f"{_fmt_bytes(dedup['total_bytes'])} already stored.", ""]
+                  f"{human_size(dedup['total_bytes'])} already stored.", ""]
     lines += _usage_section(repo_id, q, multimodal, _suggested_gpus(root))
     lines += ["## Provenance", ""]
     if provenance:

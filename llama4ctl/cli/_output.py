@@ -8,14 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from llama4ctl.progress import NullProgress, Progress
-
-
-def human_size(n: int) -> str:
-    """Decimal units, as the rest of the toolkit (5GB = 5e9 bytes)."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
-            return f"{n / size:,.2f} {unit}"
-    return f"{n} B"
+from llama4ctl.units import human_size  # noqa: F401  (re-exported for the command modules)
 
 
 class Output:

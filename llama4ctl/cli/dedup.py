@@ -8,7 +8,7 @@ import typer
 
 from llama4ctl.cli._errors import handled
 from llama4ctl.cli._options import DebugOpt, JsonOpt, QuietOpt, TokenOpt
-from llama4ctl.cli._output import Output
+from llama4ctl.cli._output import Output, human_size
 
 HELP = """Xet chunk reuse between a base checkpoint and its derivatives, before you push them.
 
@@ -65,13 +65,6 @@ def dedup_cmd(
 dedup_cmd.__doc__ = HELP
 
 
-def _b(n: int | float) -> str:
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:,.2f} {unit}"
-    return f"{int(n)} B"
-
-
 def _bar(pct: float, width: int = 20) -> str:
     full = int(round(width * max(0.0, min(100.0, pct)) / 100))
     return "[green]" + "█" * full + "[/green][dim]" + "░" * (width - full) + "[/dim]"
@@ -97,30 +90,30 @@ def render(console: Any, doc: dict[str, Any]) -> None:
     from rich.table import Table
 
     base = doc["base"]
-    console.print(f"[bold]base[/bold] {escape(base['source'])} · {_b(base['total_bytes'])} in "
+    console.print(f"[bold]base[/bold] {escape(base['source'])} · {human_size(base['total_bytes'])} in "
                   f"{len(base['files'])} file(s)"
                   f" · {base['chunks']:,} chunks ({base['chunker']} chunker) · dedup within itself "
                   f"{base['self_dedup_pct']:.1f}%")
     for i, d in enumerate(doc["derivatives"], 1):
         console.print()
-        console.print(f"[bold]derivative {i}[/bold] {escape(d['source'])} · {_b(d['total_bytes'])} in "
+        console.print(f"[bold]derivative {i}[/bold] {escape(d['source'])} · {human_size(d['total_bytes'])} in "
                       f"{len(d['files'])} "
                       f"file(s) · {d['chunks']:,} chunks ({d['chunker']} chunker)")
-        console.print(f"  already in the base: [bold]{_b(d['reused_bytes'])} ({d['reuse_pct']:.1f}%)[/bold] · new to "
-                      f"upload after the base: {_b(d['new_bytes'])} · repeats within itself: "
-                      f"{_b(d['intra_dedup_bytes'])} (alone it dedups {d['self_dedup_pct']:.1f}%)")
+        console.print(f"  already in the base: [bold]{human_size(d['reused_bytes'])} ({d['reuse_pct']:.1f}%)[/bold] · new to "
+                      f"upload after the base: {human_size(d['new_bytes'])} · repeats within itself: "
+                      f"{human_size(d['intra_dedup_bytes'])} (alone it dedups {d['self_dedup_pct']:.1f}%)")
         k = d["key_chunks"]
-        console.print(f"  key-chunk reachable (fresh uploader, global dedup): {_b(k['reachable_reused_bytes'])} "
+        console.print(f"  key-chunk reachable (fresh uploader, global dedup): {human_size(k['reachable_reused_bytes'])} "
                       f"({k['reachable_pct_of_reused']:.1f}% of the reused bytes)")
         if "same_chunker" in d:
             s = d["same_chunker"]
             console.print(f"  had the base been cut with the {d['chunker']} chunker: {s['reuse_pct']:.1f}% reused "
-                          f"({_b(s['lost_to_chunker_bytes'])} lost to the chunker change)")
+                          f"({human_size(s['lost_to_chunker_bytes'])} lost to the chunker change)")
         if "exact" in d:
             e = d["exact"]
-            console.print(f"  hf_xet exact: deduped {_b(e['deduped_bytes'])} ({e['dedup_pct']:.1f}%), new "
-                          f"{_b(e['new_bytes'])}, fragmentation prevention declined "
-                          f"{_b(e['defrag_prevented_dedup_bytes'])} (chunk overlap in upload order: "
+            console.print(f"  hf_xet exact: deduped {human_size(e['deduped_bytes'])} ({e['dedup_pct']:.1f}%), new "
+                          f"{human_size(e['new_bytes'])}, fragmentation prevention declined "
+                          f"{human_size(e['defrag_prevented_dedup_bytes'])} (chunk overlap in upload order: "
                           f"{d['upload_order']['saving_pct']:.1f}%)")
         what, rows = _rows(doc, d)
         table = Table(title=f"reuse by {what}", title_justify="left")
@@ -132,8 +125,8 @@ def render(console: Any, doc: dict[str, Any]) -> None:
         table.add_column("", no_wrap=True)
         shown = rows[:MAX_TENSOR_ROWS] if what == "tensor" else rows
         for name, r in shown:
-            table.add_row(name, *([r["component"]] if what == "tensor" else []), _b(r["total_bytes"]),
-                          _b(r["reused_bytes"]), _b(r["new_bytes"]), f"{r['reuse_pct']:.1f}%", _bar(r["reuse_pct"]))
+            table.add_row(name, *([r["component"]] if what == "tensor" else []), human_size(r["total_bytes"]),
+                          human_size(r["reused_bytes"]), human_size(r["new_bytes"]), f"{r['reuse_pct']:.1f}%", _bar(r["reuse_pct"]))
         console.print(table)
         if len(shown) < len(rows):
             console.print(f"  … {len(rows) - len(shown)} more tensors (most new bytes first; --json lists all)")
@@ -144,15 +137,15 @@ def render(console: Any, doc: dict[str, Any]) -> None:
             t.add_column(col, justify=j)
         for i, d in enumerate(doc["derivatives"], 1):
             u = d["upload_order"]
-            t.add_row(str(i), escape(d["source"]), _b(d["total_bytes"]), _b(u["new_bytes"]), f"{u['saving_pct']:.1f}%")
+            t.add_row(str(i), escape(d["source"]), human_size(d["total_bytes"]), human_size(u["new_bytes"]), f"{u['saving_pct']:.1f}%")
         console.print()
         console.print(t)
     c = doc["collection"]
     console.print()
     console.print(f"[bold]collection[/bold] (base + {len(doc['derivatives'])} derivative(s)): "
-                  f"{_b(c['unique_bytes'])} unique of {_b(c['total_bytes'])} → dedup {c['dedup_pct']:.1f}%")
+                  f"{human_size(c['unique_bytes'])} unique of {human_size(c['total_bytes'])} → dedup {c['dedup_pct']:.1f}%")
     ix = doc["indexing"]
     console.print(f"[dim]{ix['files']} file indexes, {ix['files_from_cache']} from the cache; read "
-                  f"{_b(ix['bytes_read'])} in {doc['seconds']:.1f} s[/dim]")
+                  f"{human_size(ix['bytes_read'])} in {doc['seconds']:.1f} s[/dim]")
     for note in doc["notes"]:
         console.print(f"[dim]note: {escape(note)}[/dim]")
