@@ -120,10 +120,6 @@ class Reader:
             self._read_into(ref, start, memoryview(raw.numpy()).cast("B"))
         return raw.view(torch_dtype(ref.dtype)).reshape(shape)
 
-    def iter_byte_blocks(self, ref: TensorRef, block_bytes: int = BLOCK_BYTES) -> Iterator[bytearray]:
-        for start in range(0, ref.nbytes, block_bytes):
-            yield self.read_bytes(ref, start, min(start + block_bytes, ref.nbytes))
-
     # -------------------------------------------------------------------------------------- tensors
 
     def read(self, ref: TensorRef) -> torch.Tensor:

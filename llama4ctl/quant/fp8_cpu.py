@@ -368,17 +368,6 @@ def _run(kernel: Callable[..., tuple[float, float, bool]], calls: list[tuple[Any
 # ------------------------------------------------------------------------------------------------ wrappers
 
 
-def warm_up() -> None:
-    """Import numba and load every kernel now (about a second in a fresh process, longer if not yet cached)."""
-    import numpy
-
-    _jit()
-    x, q, s = numpy.zeros(64, numpy.uint16), numpy.zeros(64, numpy.uint8), numpy.zeros(64, numpy.float32)
-    _rows_kernel(x, 0, 8, 8, 0, 8, False, q, False, 0, 8, s)
-    _cols_kernel(x, 0, 8, 8, 0, 8, False, q, False, 0, 8, s)
-    _blocks_kernel(x, 0, 8, 8, 8, 0, 1, q, False, 0, 8, s)
-
-
 def _bf16_view(w: torch.Tensor) -> tuple[np.ndarray, int, int, int]:
     """(flat uint16 numpy view over w's span, row stride, rows, cols): no copy when w's last stride is 1."""
     import torch
