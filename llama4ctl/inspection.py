@@ -19,10 +19,8 @@ def logical_numel(ref: TensorRef, names: set[str], packed_bits: int = 4) -> int:
         return ref.numel * (DTYPE_BITS[ref.dtype] // packed_bits)
     if is_aux_tensor(ref.name):
         return 0
-    if ref.dtype == "U8" and f"{ref.name}.quant_state.bitsandbytes__nf4" in names | {ref.name}:
-        return ref.numel * 2
-    if ref.dtype == "U8" and f"{ref.name}.quant_state.bitsandbytes__fp4" in names:
-        return ref.numel * 2
+    if ref.dtype == "U8" and any(f"{ref.name}.quant_state.bitsandbytes__{t}" in names for t in ("nf4", "fp4")):
+        return ref.numel * 2  # bitsandbytes 4-bit: two values per byte
     return ref.numel
 
 

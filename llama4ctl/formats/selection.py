@@ -11,7 +11,7 @@ import re
 
 from llama4ctl.checkpoint.checkpoint import Checkpoint
 from llama4ctl.checkpoint.header import FLOAT_DTYPES, TensorRef
-from llama4ctl.checkpoint.layout import KEPT_IN_BF16, component, module_name, parse_fused_expert, parse_per_expert
+from llama4ctl.checkpoint.layout import KEPT_IN_BF16, component, module_name, parse_fused_expert
 from llama4ctl.errors import PlanError
 
 LINEAR_COMPONENTS = frozenset({"attention", "dense_mlp", "shared_expert", "routed_experts"})
@@ -66,13 +66,9 @@ class Selection:
         return sorted(dict.fromkeys(kept))
 
     def check_not_empty(self, ckpt: Checkpoint) -> None:
-        if not any(self.quantizes(r) or _per_expert_float(r) for r in ckpt.tensors):
+        if not any(self.quantizes(r) for r in ckpt.tensors):
             raise PlanError("nothing to quantize: every weight is kept (check --ignore / --experts-only)",
                             ckpt.source)
-
-
-def _per_expert_float(ref: TensorRef) -> bool:
-    return parse_per_expert(ref.name) is not None and ref.dtype in FLOAT_DTYPES
 
 
 __all__ = ["KEPT_IN_BF16", "Selection"]
