@@ -29,6 +29,21 @@ def run(cmd: list[str], **kw) -> tuple[float, int]:
         return wall, int(rss_file.read().split()[-1]) * 1024
 
 
+def run_json(cmd: list[str], **kw) -> tuple[float, int, dict]:
+    """Like run(), for a `--json` command: (wall seconds, peak RSS bytes, its JSON document)."""
+    import json
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("r") as rss_file:
+        t0 = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file.name, *cmd], capture_output=True,
+                              text=True, **kw)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr[-2000:]}")
+        return wall, int(rss_file.read().split()[-1]) * 1024, json.loads(proc.stdout)
+
+
 def median_time(cmd: list[str], repeat: int = 5) -> float:
     return statistics.median(run(cmd)[0] for _ in range(repeat))
 

@@ -14,7 +14,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -145,17 +145,24 @@ def execute(
             ctx = local.ctx
             f = out.open_shard(shard)
             try:
-                for op in shard.ops:
-                    for name, chunk in KERNELS[op.kernel](ctx, op):
-                        progress.advance(f.write(name, chunk))
+                unsynced = 0
+                for name, chunk in _computed_ahead(ctx, shard):
+                    n = f.write(name, chunk)
+                    progress.advance(n)
+                    unsynced += n
+                    if unsynced >= SYNC_EVERY_BYTES:
+                        syncer.sync(f.tmp_path)
+                        unsynced = 0
                 f.close()
             except BaseException:
                 f.abort()
                 raise
+            syncer.sync(f.final_path)
             out.mark_finished(shard)
             result.shard_devices[shard.filename] = ctx.device
             return f.bytes_written
 
+        syncer = _BackgroundSync()
         try:
             if workers <= 1 or len(todo) <= 1:
                 written = [write_shard(s) for s in todo]
@@ -163,7 +170,9 @@ def execute(
                 _limit_torch_threads(workers)
                 with ThreadPoolExecutor(max_workers=workers) as pool:
                     written = list(pool.map(write_shard, todo))
+            syncer.wait()
         finally:
+            syncer.close()
             reader.close()
         result.shards_written = len(todo)
         result.bytes_written = sum(written)
@@ -182,6 +191,93 @@ def execute(
         raise
     result.seconds = time.perf_counter() - t0
     return result
+
+
+# Chunks computed ahead of the writer, per worker: one in the queue while one is written and one computed.
+AHEAD = 1
+# Written bytes after which a shard's dirty pages are handed to the background sync.
+SYNC_EVERY_BYTES = 1 << 30
+_DONE = object()
+
+
+def _computed_ahead(ctx: OpContext, shard: ShardPlan) -> Iterator[tuple[str, Any]]:
+    """The shard's (name, chunk) stream, computed in a helper thread so reads, kernels and copies back from the
+    GPU overlap the writes. Chunks arrive as host data; an error on either side stops both."""
+    chunks: queue.Queue[Any] = queue.Queue(maxsize=AHEAD)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            if ctx.device.startswith("cuda"):
+                import torch
+
+                torch.cuda.set_device(ctx.device)
+            for op in shard.ops:
+                for name, chunk in KERNELS[op.kernel](ctx, op):
+                    if not put((name, _on_host(chunk))):
+                        return
+            put(_DONE)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            put(e)
+
+    thread = threading.Thread(target=produce, name=f"compute-{shard.filename}", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = chunks.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _on_host(chunk: Any) -> Any:
+    device = getattr(chunk, "device", None)
+    return chunk.cpu() if device is not None and device.type != "cpu" else chunk
+
+
+class _BackgroundSync:
+    """fsyncs finished (and long, growing) shard files in a helper thread, so the flush to disk overlaps the
+    rest of the run; commit() still fsyncs every file, which is cheap once their pages are clean."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
+        self._pending: list[Any] = []
+
+    def sync(self, path: Path) -> None:
+        self._pending.append(self._pool.submit(_fsync_path, path))
+
+    def wait(self) -> None:
+        for fut in self._pending:
+            fut.result()
+        self._pending.clear()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _fsync_path(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # a growing .tmp renamed meanwhile: its final name is synced later
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_metadata(plan: Plan, out: OutputDir, command: list[str] | None) -> None:

@@ -158,6 +158,8 @@ def quantize_linear(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any]]:
 def quantize_expert(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any]]:
     (src,) = op.sources
     w = ctx.reader.read_expert(src, op.params["expert"])  # [in, out] slice of the fused tensor
+    if ctx.device != "cpu":
+        w = w.to(ctx.device)  # one contiguous copy; the halves are cut on the GPU
     outs = op.outputs
     half = w.shape[-1] // 2
     parts = [w[:, :half], w[:, half:]] if len(outs) == 4 else [w]  # [in, out] each; the weights are their .T
@@ -165,7 +167,7 @@ def quantize_expert(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any]]:
         if ctx.device == "cpu":  # one pass from the slice to the transposed FP8 weight
             q, s, err2, norm2 = (ct_block_cols if op.params["scheme"] == "FP8_BLOCK" else ct_channel_cols)(part)
         else:
-            q, s, err2, norm2 = quantize_weight(part.to(ctx.device).t().contiguous(), op.params["scheme"])
+            q, s, err2, norm2 = quantize_weight(part.t().contiguous(), op.params["scheme"])
         yield outs[2 * i].name, q
         yield outs[2 * i + 1].name, s
         ctx.recorder.record(outs[2 * i].name, rel_error=_rel(err2, norm2))

@@ -50,9 +50,10 @@ def fbgemm_rowwise(w: torch.Tensor, *, use_kernel: bool = True) -> tuple[torch.T
 def _ct_scale(absmax: torch.Tensor) -> torch.Tensor:
     import torch
 
-    scale = absmax / torch.tensor(FP8_MAX, dtype=absmax.dtype, device=absmax.device)
-    return torch.where(scale == 0, torch.tensor(torch.finfo(scale.dtype).eps, dtype=scale.dtype,
-                                                device=scale.device), scale)
+    # 448 is exact in every float dtype, so dividing by the Python number rounds like compressed-tensors'
+    # division by a tensor of the weight's dtype, without building a device tensor per call.
+    scale = absmax / FP8_MAX
+    return scale.masked_fill(scale == 0, torch.finfo(scale.dtype).eps)
 
 
 def _ct_quantize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
