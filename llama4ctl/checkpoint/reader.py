@@ -12,6 +12,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from llama4ctl.checkpoint.header import DTYPE_BITS, TensorRef
@@ -52,13 +53,23 @@ def safetensors_dtype(dt: torch.dtype) -> str:
 class Reader:
     """Positioned reads over a checkpoint's shard files; safe to share between threads."""
 
-    def __init__(self, *, pin_memory: bool = False) -> None:
-        """pin_memory: tensor reads land in page-locked buffers, for fast copies to a GPU."""
+    def __init__(self, *, pin_memory: bool = False, read_ahead: bool = False) -> None:
+        """pin_memory: tensor reads land in page-locked buffers, for fast copies to a GPU.
+        read_ahead: after each tensor read, read the same number of bytes that follow it in a helper thread, so a
+        caller walking experts or row blocks in order finds its next read done (one spare buffer per thread)."""
         self._fds: OrderedDict[str, int] = OrderedDict()
+        self._in_use: dict[str, int] = {}
+        self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
         self.pin_memory = pin_memory
+        self.read_ahead = read_ahead
+        self._ahead = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         with self._lock:
             for fd in self._fds.values():
                 os.close(fd)
@@ -70,7 +81,8 @@ class Reader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _fd(self, ref: TensorRef) -> int:
+    def _acquire(self, ref: TensorRef) -> tuple[str, int]:
+        """(key, fd) of the tensor's file, held open until _release(key); idle files beyond _MAX_OPEN are closed."""
         key = str(ref.file)
         with self._lock:
             fd = self._fds.get(key)
@@ -80,11 +92,18 @@ class Reader:
                 except OSError as e:
                     raise CheckpointError(f"cannot open: {e.strerror}", ref.file) from None
                 self._fds[key] = fd
-                while len(self._fds) > _MAX_OPEN:
-                    os.close(self._fds.popitem(last=False)[1])
+                self._sizes[key] = os.fstat(fd).st_size
+                idle = [k for k in self._fds if not self._in_use.get(k) and k != key]
+                for k in idle[: max(0, len(self._fds) - _MAX_OPEN)]:
+                    os.close(self._fds.pop(k))
             else:
                 self._fds.move_to_end(key)
-            return fd
+            self._in_use[key] = self._in_use.get(key, 0) + 1
+            return key, fd
+
+    def _release(self, key: str) -> None:
+        with self._lock:
+            self._in_use[key] -= 1
 
     # ---------------------------------------------------------------------------------------- bytes
 
@@ -102,23 +121,60 @@ class Reader:
         return stop
 
     def _read_into(self, ref: TensorRef, start: int, view: memoryview) -> None:
-        fd = self._fd(ref)
-        pos, got = ref.start + start, 0
-        while got < len(view):
-            n = os.preadv(fd, [view[got:]], pos + got)
-            if n == 0:
-                raise CheckpointError(f"file ended while reading tensor {ref.name!r} (truncated?)", ref.file)
-            got += n
+        key, fd = self._acquire(ref)
+        try:
+            pos, got = ref.start + start, 0
+            while got < len(view):
+                n = os.preadv(fd, [view[got:]], pos + got)
+                if n == 0:
+                    raise CheckpointError(f"file ended while reading tensor {ref.name!r} (truncated?)", ref.file)
+                got += n
+        finally:
+            self._release(key)
 
     def _read_tensor(self, ref: TensorRef, start: int, stop: int, shape: tuple[int, ...]) -> torch.Tensor:
         """Into an uninitialized torch buffer: no zero-fill pass, no copy."""
+        stop = self._check_range(ref, start, stop)
+        raw = self._take_ahead(ref, start, stop) if self.read_ahead else None
+        if raw is None:
+            raw = self._filled(ref, start, stop)
+        if self.read_ahead and stop > start:
+            self._start_ahead(ref, stop, 2 * stop - start)
+        return raw.view(torch_dtype(ref.dtype)).reshape(shape)
+
+    def _filled(self, ref: TensorRef, start: int, stop: int) -> torch.Tensor:
         import torch
 
-        stop = self._check_range(ref, start, stop)
         raw = torch.empty(stop - start, dtype=torch.uint8, pin_memory=self.pin_memory)
         if stop > start:
             self._read_into(ref, start, memoryview(raw.numpy()).cast("B"))
-        return raw.view(torch_dtype(ref.dtype)).reshape(shape)
+        return raw
+
+    # ------------------------------------------------------------------------------------ read-ahead
+    # Offsets are relative to ref.start but may run past the tensor's end into whatever follows it in the
+    # file (often the next tensor a shard's ops read); never past the file's end.
+
+    def _start_ahead(self, ref: TensorRef, start: int, stop: int) -> None:
+        key = str(ref.file)
+        if ref.start + stop > self._sizes.get(key, 0):
+            self._ahead.pending = None
+            return
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="read-ahead")
+        self._ahead.pending = ((key, ref.start + start, stop - start),
+                               self._pool.submit(self._filled, ref, start, stop))
+
+    def _take_ahead(self, ref: TensorRef, start: int, stop: int) -> torch.Tensor | None:
+        pending = getattr(self._ahead, "pending", None)
+        self._ahead.pending = None
+        if pending is None or pending[0] != (str(ref.file), ref.start + start, stop - start):
+            return None  # a guess that missed: dropped when its read finishes
+        try:
+            return pending[1].result()
+        except Exception:  # noqa: BLE001 - the plain read below reports the problem properly
+            return None
 
     # -------------------------------------------------------------------------------------- tensors
 

@@ -125,7 +125,9 @@ def execute(
         needed = sum(len(build_header(s.outputs)) + s.nbytes for s in todo) + (1 << 20)
         check_free_disk(out.dst, needed)
 
-        reader = Reader(pin_memory=any(d.startswith("cuda") for d in devices))
+        on_gpu = any(d.startswith("cuda") for d in devices)
+        # on a GPU the kernels are quick, so reads are worth overlapping; on the CPU read-ahead only adds memory
+        reader = Reader(pin_memory=on_gpu, read_ahead=on_gpu)
         if len(devices) > 1:
             workers = len(devices)
         free_devices: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -246,7 +248,12 @@ def _computed_ahead(ctx: OpContext, shard: ShardPlan) -> Iterator[tuple[str, Any
 
 def _on_host(chunk: Any) -> Any:
     device = getattr(chunk, "device", None)
-    return chunk.cpu() if device is not None and device.type != "cpu" else chunk
+    if device is None or device.type == "cpu":
+        return chunk
+    import torch
+
+    host = torch.empty(chunk.shape, dtype=chunk.dtype, pin_memory=True)  # page-locked: a direct DMA copy
+    return host.copy_(chunk)
 
 
 class _BackgroundSync:
