@@ -12,7 +12,6 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from llama4ctl.checkpoint.header import DTYPE_BITS, TensorRef
@@ -53,23 +52,13 @@ def safetensors_dtype(dt: torch.dtype) -> str:
 class Reader:
     """Positioned reads over a checkpoint's shard files; safe to share between threads."""
 
-    def __init__(self, *, pin_memory: bool = False, read_ahead: bool = False) -> None:
-        """pin_memory: tensor reads land in page-locked buffers, for fast copies to a GPU.
-        read_ahead: after each tensor read, read the same number of bytes that follow it in a helper thread, so a
-        caller walking experts or row blocks in order finds its next read done (one spare buffer per thread)."""
+    def __init__(self) -> None:
         self._fds: OrderedDict[str, int] = OrderedDict()
         self._in_use: dict[str, int] = {}
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
-        self.pin_memory = pin_memory
-        self.read_ahead = read_ahead
-        self._ahead = threading.local()
-        self._pool: ThreadPoolExecutor | None = None
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
         with self._lock:
             for fd in self._fds.values():
                 os.close(fd)
@@ -132,49 +121,26 @@ class Reader:
         finally:
             self._release(key)
 
+    def read_into(self, ref: TensorRef, start: int, view: memoryview) -> None:
+        """Fill `view` from the tensor's data at byte `start`; may run past the tensor's end, never the file's."""
+        if ref.start + start + len(view) > self.file_size(ref):
+            raise ValueError(f"read of {len(view)} bytes at {start} runs past the end of {ref.file}")
+        self._read_into(ref, start, view)
+
+    def file_size(self, ref: TensorRef) -> int:
+        key, _ = self._acquire(ref)
+        self._release(key)
+        return self._sizes[key]
+
     def _read_tensor(self, ref: TensorRef, start: int, stop: int, shape: tuple[int, ...]) -> torch.Tensor:
         """Into an uninitialized torch buffer: no zero-fill pass, no copy."""
-        stop = self._check_range(ref, start, stop)
-        raw = self._take_ahead(ref, start, stop) if self.read_ahead else None
-        if raw is None:
-            raw = self._filled(ref, start, stop)
-        if self.read_ahead and stop > start:
-            self._start_ahead(ref, stop, 2 * stop - start)
-        return raw.view(torch_dtype(ref.dtype)).reshape(shape)
-
-    def _filled(self, ref: TensorRef, start: int, stop: int) -> torch.Tensor:
         import torch
 
-        raw = torch.empty(stop - start, dtype=torch.uint8, pin_memory=self.pin_memory)
+        stop = self._check_range(ref, start, stop)
+        raw = torch.empty(stop - start, dtype=torch.uint8)
         if stop > start:
             self._read_into(ref, start, memoryview(raw.numpy()).cast("B"))
-        return raw
-
-    # ------------------------------------------------------------------------------------ read-ahead
-    # Offsets are relative to ref.start but may run past the tensor's end into whatever follows it in the
-    # file (often the next tensor a shard's ops read); never past the file's end.
-
-    def _start_ahead(self, ref: TensorRef, start: int, stop: int) -> None:
-        key = str(ref.file)
-        if ref.start + stop > self._sizes.get(key, 0):
-            self._ahead.pending = None
-            return
-        if self._pool is None:
-            with self._lock:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="read-ahead")
-        self._ahead.pending = ((key, ref.start + start, stop - start),
-                               self._pool.submit(self._filled, ref, start, stop))
-
-    def _take_ahead(self, ref: TensorRef, start: int, stop: int) -> torch.Tensor | None:
-        pending = getattr(self._ahead, "pending", None)
-        self._ahead.pending = None
-        if pending is None or pending[0] != (str(ref.file), ref.start + start, stop - start):
-            return None  # a guess that missed: dropped when its read finishes
-        try:
-            return pending[1].result()
-        except Exception:  # noqa: BLE001 - the plain read below reports the problem properly
-            return None
+        return raw.view(torch_dtype(ref.dtype)).reshape(shape)
 
     # -------------------------------------------------------------------------------------- tensors
 

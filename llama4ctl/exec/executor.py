@@ -19,15 +19,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llama4ctl import __version__
+from llama4ctl.checkpoint.header import TensorRef
 from llama4ctl.checkpoint.reader import Reader
 from llama4ctl.errors import OutputError, PlanError
 from llama4ctl.exec.writer import OutputDir, build_header
 from llama4ctl.plan.ops import KERNELS, ShardPlan
 from llama4ctl.plan.planner import Plan
 from llama4ctl.progress import NullProgress, Progress
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -44,9 +48,35 @@ class Recorder:
 
 @dataclass
 class OpContext:
+    """What a kernel gets: reads land on `device` (through the staging loader on a GPU)."""
+
     reader: Reader
     device: str = "cpu"
     recorder: Recorder = field(default_factory=Recorder)
+    loader: Any = None  # staging.DeviceLoader on a GPU
+    host_pool: Any = None  # staging.PinnedPool for chunks coming back from a GPU
+
+    def load(self, ref: TensorRef) -> torch.Tensor:
+        if self.loader is None:
+            return self.reader.read(ref)
+        return self.loader.load(ref, 0, ref.nbytes, ref.shape)
+
+    def load_rows(self, ref: TensorRef, start: int, stop: int) -> torch.Tensor:
+        if self.loader is None:
+            return self.reader.read_rows(ref, start, stop)
+        row = ref.nbytes // ref.shape[0]
+        return self.loader.load(ref, start * row, stop * row, (stop - start, *ref.shape[1:]))
+
+    def load_expert(self, ref: TensorRef, e: int) -> torch.Tensor:
+        if self.loader is None:
+            return self.reader.read_expert(ref, e)
+        if not 0 <= e < ref.shape[0]:
+            raise ValueError(f"expert {e} out of range for {ref.name} with {ref.shape[0]} experts")
+        return self.load_rows(ref, e, e + 1)[0]
+
+    def close(self) -> None:
+        if self.loader is not None:
+            self.loader.close()
 
 
 @dataclass
@@ -125,31 +155,37 @@ def execute(
         needed = sum(len(build_header(s.outputs)) + s.nbytes for s in todo) + (1 << 20)
         check_free_disk(out.dst, needed)
 
-        on_gpu = any(d.startswith("cuda") for d in devices)
-        # on a GPU the kernels are quick, so reads are worth overlapping; on the CPU read-ahead only adds memory
-        reader = Reader(pin_memory=on_gpu, read_ahead=on_gpu)
+        reader = Reader()
         if len(devices) > 1:
             workers = len(devices)
         free_devices: queue.SimpleQueue[str] = queue.SimpleQueue()
         for i in range(max(1, workers)):
             free_devices.put(devices[i % len(devices)])
         local = threading.local()
+        contexts: list[OpContext] = []
         progress.start(f"writing {out.dst.name}", sum(s.nbytes for s in todo))
 
         def write_shard(shard: ShardPlan) -> int:
             if not hasattr(local, "ctx"):
                 local.ctx = OpContext(reader, device=free_devices.get(), recorder=result.recorder)
+                contexts.append(local.ctx)
                 if local.ctx.device.startswith("cuda"):
                     import torch
 
+                    from llama4ctl.exec.staging import DeviceLoader, PinnedPool
+
                     # the current CUDA device is per thread; kernels such as fbgemm's launch on it
                     torch.cuda.set_device(local.ctx.device)
+                    local.ctx.loader = DeviceLoader(reader, local.ctx.device)
+                    local.ctx.host_pool = PinnedPool()
             ctx = local.ctx
             f = out.open_shard(shard)
             try:
                 unsynced = 0
-                for name, chunk in _computed_ahead(ctx, shard):
+                for name, chunk, release in _computed_ahead(ctx, shard):
                     n = f.write(name, chunk)
+                    if release is not None:
+                        release()
                     progress.advance(n)
                     unsynced += n
                     if unsynced >= SYNC_EVERY_BYTES:
@@ -175,6 +211,8 @@ def execute(
             syncer.wait()
         finally:
             syncer.close()
+            for ctx in contexts:
+                ctx.close()
             reader.close()
         result.shards_written = len(todo)
         result.bytes_written = sum(written)
@@ -202,9 +240,12 @@ SYNC_EVERY_BYTES = 1 << 30
 _DONE = object()
 
 
-def _computed_ahead(ctx: OpContext, shard: ShardPlan) -> Iterator[tuple[str, Any]]:
-    """The shard's (name, chunk) stream, computed in a helper thread so reads, kernels and copies back from the
-    GPU overlap the writes. Chunks arrive as host data; an error on either side stops both."""
+def _computed_ahead(ctx: OpContext, shard: ShardPlan) -> Iterator[tuple[str, Any, Callable[[], None] | None]]:
+    """The shard's (name, chunk, release) stream, computed in a helper thread so reads, kernels and copies back
+    from the GPU overlap the writes. Chunks arrive as host data (GPU results in page-locked pieces: call release
+    once written); an error on either side stops both."""
+    from llama4ctl.exec.staging import host_pieces
+
     chunks: queue.Queue[Any] = queue.Queue(maxsize=AHEAD)
     stop = threading.Event()
 
@@ -225,9 +266,15 @@ def _computed_ahead(ctx: OpContext, shard: ShardPlan) -> Iterator[tuple[str, Any
                 torch.cuda.set_device(ctx.device)
             for op in shard.ops:
                 for name, chunk in KERNELS[op.kernel](ctx, op):
-                    if not put((name, _on_host(chunk))):
+                    if getattr(chunk, "is_cuda", False):
+                        for piece, release in host_pieces(chunk, ctx.host_pool, stop):
+                            if not put((name, piece, release)):
+                                return
+                    elif not put((name, chunk, None)):
                         return
             put(_DONE)
+        except InterruptedError:  # the writer stopped while this thread waited for a buffer
+            return
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
             put(e)
 
@@ -244,16 +291,6 @@ def _computed_ahead(ctx: OpContext, shard: ShardPlan) -> Iterator[tuple[str, Any
     finally:
         stop.set()
         thread.join()
-
-
-def _on_host(chunk: Any) -> Any:
-    device = getattr(chunk, "device", None)
-    if device is None or device.type == "cpu":
-        return chunk
-    import torch
-
-    host = torch.empty(chunk.shape, dtype=chunk.dtype, pin_memory=True)  # page-locked: a direct DMA copy
-    return host.copy_(chunk)
 
 
 class _BackgroundSync:

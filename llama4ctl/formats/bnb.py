@@ -155,18 +155,14 @@ def _emit(ctx: Any, op: TensorOp, outs: tuple[OutputSpec, ...], w: Any) -> Itera
 @kernel("bnb_linear")
 def quantize_linear(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any]]:
     (src,) = op.sources
-    w = ctx.reader.read(src)
-    if ctx.device != "cpu":
-        w = w.to(ctx.device)
+    w = ctx.load(src)
     yield from _emit(ctx, op, op.outputs, w)
 
 
 @kernel("bnb_unfuse")
 def quantize_expert(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any]]:
     (src,) = op.sources
-    w = ctx.reader.read_expert(src, op.params["expert"])  # [in, out] slice of the fused tensor
-    if ctx.device != "cpu":
-        w = w.to(ctx.device)
+    w = ctx.load_expert(src, op.params["expert"])  # [in, out] slice of the fused tensor
     per = op.params["per_weight"]
     half = w.shape[-1] // 2
     parts = [w[:, :half], w[:, half:]] if len(op.outputs) == 2 * per else [w]

@@ -144,11 +144,11 @@ def _rel(err2: float, norm2: float) -> float:
 @kernel("ct_fp8_linear")
 def quantize_linear(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any]]:
     (src,), (w_out, s_out) = op.sources, op.outputs
-    w = ctx.reader.read(src)
+    w = ctx.load(src)
     if ctx.device == "cpu":
         q, s, err2, norm2 = (ct_block_rows if op.params["scheme"] == "FP8_BLOCK" else ct_channel_rows)(w)
     else:
-        q, s, err2, norm2 = quantize_weight(w.to(ctx.device), op.params["scheme"])
+        q, s, err2, norm2 = quantize_weight(w, op.params["scheme"])
     yield w_out.name, q
     yield s_out.name, s
     ctx.recorder.record(w_out.name, rel_error=_rel(err2, norm2))
@@ -157,9 +157,7 @@ def quantize_linear(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any]]:
 @kernel("ct_fp8_unfuse")
 def quantize_expert(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any]]:
     (src,) = op.sources
-    w = ctx.reader.read_expert(src, op.params["expert"])  # [in, out] slice of the fused tensor
-    if ctx.device != "cpu":
-        w = w.to(ctx.device)  # one contiguous copy; the halves are cut on the GPU
+    w = ctx.load_expert(src, op.params["expert"])  # [in, out] slice of the fused tensor (on the GPU, whole)
     outs = op.outputs
     half = w.shape[-1] // 2
     parts = [w[:, :half], w[:, half:]] if len(outs) == 4 else [w]  # [in, out] each; the weights are their .T

@@ -169,18 +169,14 @@ def _emit(ctx: Any, outs: tuple[OutputSpec, ...], w: Any, bits: int, group_size:
 @kernel("ct_int_linear")
 def quantize_linear(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any]]:
     (src,) = op.sources
-    w = ctx.reader.read(src)
-    if ctx.device != "cpu":
-        w = w.to(ctx.device)
+    w = ctx.load(src)
     yield from _emit(ctx, op.outputs, w, op.params["bits"], op.params["group_size"])
 
 
 @kernel("ct_int_unfuse")
 def quantize_expert(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any]]:
     (src,) = op.sources
-    w = ctx.reader.read_expert(src, op.params["expert"])  # [in, out] slice of the fused tensor
-    if ctx.device != "cpu":
-        w = w.to(ctx.device)
+    w = ctx.load_expert(src, op.params["expert"])  # [in, out] slice of the fused tensor
     outs = op.outputs
     half = w.shape[-1] // 2
     parts = [w[:, :half], w[:, half:]] if len(outs) == 6 else [w]  # [in, out] each; the weights are their .T

@@ -122,11 +122,11 @@ def quantize_linear(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any]]:
     (src,), (w_out, s_out) = op.sources, op.outputs
     scales, err2, norm2 = [], 0.0, 0.0
     for start, stop in row_blocks(src, BLOCK_BYTES // 4):
-        w = ctx.reader.read_rows(src, start, stop)
+        w = ctx.load_rows(src, start, stop)
         if ctx.device == "cpu":
             q, s, e, n = fbgemm_rows(w)
         else:
-            q, s, e, n = _quantize_rows(w.to(ctx.device))
+            q, s, e, n = _quantize_rows(w)
         err2 += e
         norm2 += n
         scales.append(s)
@@ -148,11 +148,11 @@ def quantize_experts(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any]]:
     (src,), (w_out, s_out) = op.sources, op.outputs
     scales, stats = [], []
     for e in range(src.shape[0]):
-        w = ctx.reader.read_expert(src, e)  # [in, out]: quantized per output channel, stored as is
+        w = ctx.load_expert(src, e)  # [in, out]: quantized per output channel, stored as is
         if ctx.device == "cpu":
             q, s, err2, norm2 = fbgemm_cols(w)
         else:
-            q, s, err2, norm2 = _quantize_rows(w.to(ctx.device).t())
+            q, s, err2, norm2 = _quantize_rows(w.t())
             q = q.t().contiguous()
         stats.append((err2, norm2))
         scales.append(s)
@@ -169,12 +169,12 @@ def fuse_and_quantize_experts(ctx: Any, op: TensorOp) -> Iterator[tuple[str, Any
     k = op.params["per_expert"]
     scales, stats = [], []
     for i in range(0, len(op.sources), k):
-        parts = [ctx.reader.read(r) for r in op.sources[i : i + k]]  # [out, in] each: gate rows then up rows
+        parts = [ctx.load(r) for r in op.sources[i : i + k]]  # [out, in] each: gate rows then up rows
         if ctx.device == "cpu":
             q, s, err2, norm2 = fbgemm_rows(*parts, transpose=True)  # stored [in, out]
         else:
             w = torch.cat(parts, dim=0) if k == 2 else parts[0]
-            q, s, err2, norm2 = _quantize_rows(w.to(ctx.device))
+            q, s, err2, norm2 = _quantize_rows(w)
             q = q.t().contiguous()
         stats.append((err2, norm2))
         scales.append(s)
