@@ -34,14 +34,16 @@ TINY = dict(SHAPE, hidden_size=64, expert_intermediate_size=48, mlp_intermediate
             num_layers=4, vocab_size=512, max_shard_size="1MB")
 PROMPT_LEN = 32
 
-VARIANTS = [  # (label, checkpoint key, fp8_moe, load_in)
+VARIANTS = [  # (label, checkpoint key, fp8_moe[:fp8_dense], load_in)
     ("BF16 (transformers)", "bf16", "off", None),
     ("BF16 --load-in fp8 (llama4ctl fast FP8)", "bf16", "auto", "fp8"),
     ("fbgemm_fp8 (transformers FbgemmFp8Llama4TextExperts)", "fbgemm", "off", None),
-    ("fbgemm_fp8 + llama4ctl fast FP8 (torch._scaled_grouped_mm)", "fbgemm", "grouped", None),
-    ("fbgemm_fp8 + llama4ctl fast FP8 (fbgemm grouped_stacked)", "fbgemm", "fbgemm", None),
+    ("fbgemm_fp8 + llama4ctl fast FP8 (grouped), dense layers kept FP8 (--fp8-dense keep)", "fbgemm",
+     "grouped:keep", None),
+    ("fbgemm_fp8 + llama4ctl fast FP8 (grouped), dense layers BF16 (default)", "fbgemm", "grouped", None),
+    ("fbgemm_fp8 + llama4ctl fast FP8 (fbgemm grouped_stacked), dense layers BF16", "fbgemm", "fbgemm", None),
     ("compressed-tensors FP8 (transformers)", "ct", "off", None),
-    ("compressed-tensors FP8 + llama4ctl fast FP8 (grouped)", "ct", "grouped", None),
+    ("compressed-tensors FP8 + llama4ctl fast FP8 (grouped), dense layers BF16", "ct", "grouped", None),
 ]
 
 
@@ -65,7 +67,9 @@ def variant(path: str, fp8_moe: str, load_in: str | None, new_tokens: int, dump:
     config, _ = generate.read_config(path)
     fmt = generate.checkpoint_format(config)
     device_map = "cuda" if cuda else None
-    req = RunRequest(model=path, prompt="-", load_in=load_in, fp8_moe=fp8_moe, device_map=device or "cpu",
+    fp8_moe, _, fp8_dense = fp8_moe.partition(":")
+    req = RunRequest(model=path, prompt="-", load_in=load_in, fp8_moe=fp8_moe, fp8_dense=fp8_dense or "bf16",
+                     device_map=device or "cpu",
                      max_new_tokens=new_tokens, temperature=0, ignore_eos=True)
     generate.check_environment(fmt, load_in=load_in, on_cuda=cuda)
     loaded = load_for_run(req, config, fmt, device_map=device_map, on_cuda=cuda, tp=False)
@@ -77,7 +81,7 @@ def variant(path: str, fp8_moe: str, load_in: str | None, new_tokens: int, dump:
     gen = torch.Generator().manual_seed(0)
     vocab = config.get("vocab_size") or config["text_config"]["vocab_size"]
     ids16 = torch.randint(0, vocab - 128, (16, PROMPT_LEN), generator=gen).to(model.device)
-    out = {"format": fmt, "fp8_moe": loaded.info["fp8_moe"], "weights_bytes": weights, "load_peak_bytes": load_peak,
+    out = {"format": fmt, "fp8_moe": loaded.info["fp8_moe"], "fp8_dense": loaded.info.get("fp8_dense"), "weights_bytes": weights, "load_peak_bytes": load_peak,
            "load_s": loaded.info["load_s"]}
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -293,6 +297,8 @@ def main() -> None:
         wx = r["weights_bytes"] / bf["weights_bytes"] if "weights_bytes" in bf else None
         moe = r.get("fp8_moe") or {}
         notes = f"FP8 MoE: {moe['backend']} on {moe['moe_layers']} layers" if moe.get("moe_layers") else ""
+        if (r.get("fp8_dense") or {}).get("layers"):
+            notes += f"; {r['fp8_dense']['layers']} dense FP8 layers in BF16"
         if "logits_rel_err_vs_transformers_fbgemm" in r:
             notes += f"; logits vs transformers fbgemm {r['logits_rel_err_vs_transformers_fbgemm']:.4f}"
         print(f"| {r['label']} | {_fmt(r['b1_tokens_per_s'])} | {_fmt(r['b16_tokens_per_s'])} | {_fmt(ratio, '.2f', '×')} | "

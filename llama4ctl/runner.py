@@ -30,6 +30,7 @@ LOAD_IN = ("int4", "int8", "fp8")
 DEVICE_MAPS = ("auto", "cpu", "cuda")
 ATTN = ("sdpa", "flex_attention", "eager")
 FP8_MOE = ("auto", "grouped", "fbgemm", "reference", "off")
+FP8_DENSE = ("bf16", "keep")  # with the fast FP8 MoE: dense FP8 Linears dequantized for speed, or kept FP8
 
 
 @dataclass
@@ -46,6 +47,7 @@ class RunRequest:
     device_map: str = "auto"
     attn: str | None = None
     fp8_moe: str = "auto"
+    fp8_dense: str = "bf16"
     revision: str | None = None
     token: str | None = None
     ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
@@ -54,7 +56,8 @@ class RunRequest:
         """ValueError naming the bad option (the CLI turns it into a usage error, exit 2)."""
         for name, value, allowed in (("--load-in", self.load_in, LOAD_IN), ("--attn", self.attn, ATTN),
                                      ("--device-map", self.device_map, DEVICE_MAPS),
-                                     ("--fp8-moe", self.fp8_moe, FP8_MOE)):
+                                     ("--fp8-moe", self.fp8_moe, FP8_MOE),
+                                     ("--fp8-dense", self.fp8_dense, FP8_DENSE)):
             if value is not None and value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
         if self.max_new_tokens < 1:
@@ -382,6 +385,11 @@ def load_for_run(req: RunRequest, config: dict[str, Any], fmt: str, *, device_ma
     info: dict[str, Any] = {"format": fmt, "load_in": req.load_in, "tensor_parallel": tp,
                             "device": str(getattr(model, "device", "cpu"))}
     info["fp8_moe"] = fast_moe(model, req, fmt, on_cuda=on_cuda, tp=tp, note=note)
+    info["fp8_dense"] = None
+    if (info["fp8_moe"] or {}).get("moe_layers") and req.fp8_dense == "bf16":
+        from llama4ctl.dense_fp8 import dense_to_bf16
+
+        info["fp8_dense"] = dense_to_bf16(model)
     info["load_s"] = time.perf_counter() - t0
     report = getattr(model, "llama4ctl_load_report", None) or {}  # the on-the-fly loader counts bnb states too
     info["weights_bytes"] = report.get("weights_bytes") or weights_bytes(model)

@@ -23,7 +23,8 @@ host and GPU memory.
 --load-in fp8 quantizes a BF16 checkpoint's routed experts at load (llama4ctl's row-wise FP8) and runs them
 through the fast FP8 MoE: routed tokens only, grouped FP8 GEMMs (torch._scaled_grouped_mm on H100-class GPUs).
 fbgemm_fp8 and compressed-tensors FP8 checkpoints get the same path on such GPUs (--fp8-moe off keeps
-transformers' own modules). --load-in int4|int8 quantizes on the fly with bitsandbytes.
+transformers' own modules); on that path their dense FP8 layers are dequantized to BF16 (--fp8-dense keep
+leaves them FP8: least memory, slower decoding). --load-in int4|int8 quantizes on the fly with bitsandbytes.
 
 Several GPUs: `torchrun --nproc-per-node N -m llama4ctl run MODEL --prompt ...` runs tensor parallel
 (transformers' tp_plan="auto"); only rank 0 prints. Without torchrun, --device-map auto spreads layers over
@@ -58,6 +59,7 @@ def run_cmd(
     device_map: Annotated[str, typer.Option("--device-map", help="auto (GPUs if any, else CPU), cpu or cuda.")] = "auto",
     attn: Annotated[str | None, typer.Option("--attn", help="Attention implementation: sdpa, flex_attention or eager (default: transformers' choice).")] = None,
     fp8_moe: Annotated[str, typer.Option("--fp8-moe", help="FP8 MoE kernel: auto, grouped (torch._scaled_grouped_mm), fbgemm, reference (pure torch) or off (transformers' modules).")] = "auto",
+    fp8_dense: Annotated[str, typer.Option("--fp8-dense", help="With the fast FP8 MoE: bf16 dequantizes the dense FP8 layers (attention, shared expert; ~3% of Llama 4's weights) for decoding speed, keep leaves them FP8 (least memory).")] = "bf16",
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print tokens as they come.")] = True,
     revision: RevisionOpt = None,
     token: TokenOpt = None,
@@ -75,7 +77,7 @@ def run_cmd(
 
             req = RunRequest(model=model, prompt=_read_prompt(prompt), images=tuple(image or ()), system=system,
                              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                             load_in=load_in, device_map=device_map, attn=attn, fp8_moe=fp8_moe,
+                             load_in=load_in, device_map=device_map, attn=attn, fp8_moe=fp8_moe, fp8_dense=fp8_dense,
                              revision=revision, token=token)
             try:
                 req.check()
@@ -113,6 +115,8 @@ def summary_line(res: dict[str, Any]) -> str:
     how = res["format"] + (f", load-in {res['load_in']}" if res.get("load_in") else "")
     if moe.get("moe_layers"):
         how += f", FP8 MoE {moe['backend']}"
+    if (res.get("fp8_dense") or {}).get("layers"):
+        how += f", {res['fp8_dense']['layers']} dense FP8 layers in BF16"
     if res.get("world_size", 1) > 1:
         how += f", tensor parallel x{res['world_size']}"
     return (f"{res['tokens']} tokens · first token {ttft} · {rate} · peak host {human_size(res['peak_host_bytes'])}"

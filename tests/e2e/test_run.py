@@ -131,6 +131,14 @@ def test_compressed_tensors_fp8_loads_and_generates_on_cpu(ct_dir, text_only_dir
                           fp8_moe="reference"))
     assert fast["fp8_moe"]["moe_layers"] == 2 and fast["fp8_moe"]["sources"] == {"compressed-tensors FP8": 2}
     assert fast["tokens"] == 8
+    # with the fast MoE the dense FP8 layers (attention, shared experts, dense MLPs) run in BF16
+    assert fast["fp8_dense"]["layers"] > 0 and fast["fp8_dense"]["bytes_added"] > 0
+    assert plain["fp8_dense"] is None
+
+
+def test_an_unknown_fp8_dense_choice_is_a_usage_error(text_only_dir):
+    r = cli_in_process("run", text_only_dir, "--prompt", PROMPT, "--fp8-dense", "int2")
+    assert r.exit_code == 2 and "--fp8-dense" in r.stderr
 
 
 def test_load_in_fp8_quantizes_experts_at_load_on_cpu(text_only_dir):
@@ -529,17 +537,25 @@ def test_gpu_fbgemm_fp8_loads_and_generates_fast_and_transformers_paths(text_onl
     assert fast["tokens"] == 16
     if grouped_mm_supported("cuda"):
         assert fast["fp8_moe"] == {"moe_layers": 2, "backend": "grouped", "sources": {"fbgemm_fp8": 2}}
-    config, _ = generate.read_config(str(fbgemm_dir))
+    assert fast["fp8_dense"]["layers"] > 0
     ids = torch.tensor([[384, 17, 42, 99, 7, 300, 12, 64]], device="cuda")
     logits = {}
-    for moe in ("off", "auto"):
-        loaded = load_for_run(RunRequest(fp8_moe=moe, **base), config, "fbgemm_fp8", device_map="cuda",
-                              on_cuda=True, tp=False)
+    variants = {"off": dict(fp8_moe="off"), "keep": dict(fp8_dense="keep"), "auto": {}, "bf16": None}
+    for key, opts in variants.items():
+        path, fmt = (str(text_only_dir), "bf16") if opts is None else (str(fbgemm_dir), "fbgemm_fp8")
+        req = RunRequest(**{**base, "model": path, **(opts or {})})
+        config, _ = generate.read_config(path)
+        loaded = load_for_run(req, config, fmt, device_map="cuda", on_cuda=True, tp=False)
         with torch.no_grad():
-            logits[moe] = loaded.model(input_ids=ids).logits.float()
+            logits[key] = loaded.model(input_ids=ids).logits.float()
         del loaded
-    ref = logits["off"]
-    assert (logits["auto"] - ref).norm() / ref.norm() < 2e-2
+
+    def rel(a, b):
+        return float((logits[a] - logits[b]).norm() / logits[b].norm())
+
+    assert rel("keep", "off") < 2e-2  # the same FP8 math, through other kernels
+    # dense layers in BF16 drop their activation quantization: no further from BF16 than all-FP8 is
+    assert rel("auto", "bf16") <= 1.1 * rel("off", "bf16")
 
 
 def _gpu_moe():
