@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shlex
 from pathlib import Path
@@ -196,6 +197,12 @@ def _usage_section(repo_id: str, q: dict[str, Any], multimodal: bool, gpus: int)
     return lines
 
 
+def _public_command(cmd: list[Any]) -> list[str]:
+    """The command as run, without the machine's absolute paths (a card is public): those become base names."""
+    words = [str(c) for c in cmd]
+    return ["llama4ctl", *(os.path.basename(w.rstrip("/")) if os.path.isabs(w) else w for w in words[1:])]
+
+
 def build_model_card(src: str | Path, *, repo_id: str, base_model: str | None = None,
                      dedup: dict[str, Any] | None = None) -> str:
     """README.md text for the checkpoint in `src` (to be pushed to `repo_id`).
@@ -249,13 +256,13 @@ def build_model_card(src: str | Path, *, repo_id: str, base_model: str | None = 
     if dedup and isinstance(dedup.get("total_bytes"), (int, float)) and dedup.get("total_bytes"):
         share = 100.0 * float(dedup.get("reused_bytes") or 0) / float(dedup["total_bytes"])
         lines += ["## Storage dedup estimate", "",
-                  f"Xet chunk reuse against {dedup.get('base') or base or 'the base'}: {share:.1f}% of "
+                  f"Xet chunk reuse against {base or 'the base model'}: {share:.1f}% of "
                   f"{human_size(dedup['total_bytes'])} already stored.", ""]
     lines += _usage_section(repo_id, q, multimodal, _suggested_gpus(root))
     lines += ["## Provenance", ""]
     if provenance:
         cmd = provenance.get("command")
-        cmd_text = shlex.join(str(c) for c in cmd) if isinstance(cmd, list) else str(cmd or "?")
+        cmd_text = shlex.join(_public_command(cmd)) if isinstance(cmd, list) else "?"
         lines += [f"- llama4ctl {provenance.get('llama4ctl_version', '?')}, {provenance.get('created', '?')}",
                   "- command:", "", "  ```bash", f"  {cmd_text}", "  ```", ""]
         source = provenance.get("source")
