@@ -50,6 +50,10 @@ def dense_to_bf16(model: nn.Module) -> dict[str, Any]:
                 new.bias = nn.Parameter(old.bias.detach().to(torch.bfloat16), requires_grad=False)
             added += weight.nbytes - old.weight.nbytes - old.weight_scale.nbytes
             model.set_submodule(name, new)
-    if todo and torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    if todo:
+        import gc
+
+        gc.collect()  # the replaced modules may sit in reference cycles (compressed-tensors' hooks)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return {"layers": len(todo), "bytes_added": added}

@@ -344,6 +344,10 @@ def convert_model(model: nn.Module, *, backend: str = "auto", quantize_bf16: boo
         moe.experts = nn.Module()  # drop the last reference to the old expert tensors now, not at the end
         backends.add(new.experts.backend)
         converted += 1
-    if converted and torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    if converted:
+        import gc
+
+        gc.collect()  # compressed-tensors' modules sit in reference cycles (hooks): free the old experts now
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return {"moe_layers": converted, "backend": ",".join(sorted(backends)) or None, "sources": sources}
