@@ -8,6 +8,7 @@ bounded by one op's working set per worker (one expert slice, or one 64 MB block
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
@@ -119,6 +120,7 @@ def provenance(plan: Plan, command: list[str] | None) -> dict[str, Any]:
         "operation": plan.format.describe(),
         "output": {"bytes": plan.total_bytes, "shards": len(plan.shards), "tensors": len(plan.outputs)},
         "dropped": plan.dropped,
+        "fingerprint": plan.fingerprint(),  # `--resume` on a complete output checks it was made this way
         "complete": True,
     }
 
@@ -143,6 +145,8 @@ def execute(
     validate(plan)
     out = OutputDir(dst, fingerprint=plan.fingerprint(), overwrite=overwrite, resume=resume)
     result = RunResult(out.dst)
+    if resume and not overwrite:
+        _check_same_plan(out.dst, plan)
     if out.check_destination():
         result.already_complete = True
         return result
@@ -151,6 +155,11 @@ def execute(
     out.open()
     try:
         todo = [s for s in plan.shards if not out.is_finished(s)]
+        kept_stats = _ShardStats(out.partial, fresh=not resume)
+        for shard in plan.shards:
+            if shard not in todo:
+                for name, values in kept_stats.of(shard).items():
+                    result.recorder.record(name, **values)
         result.shards_skipped = len(plan.shards) - len(todo)
         needed = sum(len(build_header(s.outputs)) + s.nbytes for s in todo) + (1 << 20)
         check_free_disk(out.dst, needed)
@@ -196,6 +205,7 @@ def execute(
                 f.abort()
                 raise
             syncer.sync(f.final_path)
+            kept_stats.save(shard, result.recorder)  # before marking it finished: a resume needs its figures
             out.mark_finished(shard)
             result.shard_devices[shard.filename] = ctx.device
             return f.bytes_written
@@ -220,6 +230,7 @@ def execute(
         _write_metadata(plan, out, command)
         if extra_outputs is not None:
             extra_outputs(out, result.recorder)
+        kept_stats.remove()
         out.commit()
         progress.finish()
     except OSError as e:
@@ -231,6 +242,51 @@ def execute(
         raise
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _check_same_plan(dst: Path, plan: Plan) -> None:
+    """`--resume` on a complete DST succeeds only if DST was made from the same source and options."""
+    try:
+        made = json.loads((dst / "llama4ctl.json").read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return  # not complete (or written before fingerprints were recorded): the writer's checks apply
+    if made is not None and made != plan.fingerprint():
+        raise OutputError("the destination was made from a different source or different options", dst,
+                          hint="pass --overwrite to replace it, or choose another destination")
+
+
+class _ShardStats:
+    """Per-tensor kernel statistics (quantization error) of finished shards, kept in the partial directory so a
+    resumed run reports every tensor, not only the ones it rewrote. Removed before the rename."""
+
+    FILE = "stats.json"
+
+    def __init__(self, partial: Path, *, fresh: bool) -> None:
+        self.path = partial / self.FILE
+        self._lock = threading.Lock()
+        self._by_shard: dict[str, dict[str, dict[str, float]]] = {}
+        if not fresh:
+            try:
+                doc = json.loads(self.path.read_text())
+                self._by_shard = doc if isinstance(doc, dict) else {}
+            except (OSError, ValueError):
+                self._by_shard = {}
+
+    def of(self, shard: ShardPlan) -> dict[str, dict[str, float]]:
+        stats = self._by_shard.get(shard.filename)
+        return stats if isinstance(stats, dict) else {}
+
+    def save(self, shard: ShardPlan, recorder: Recorder) -> None:
+        with recorder._lock:
+            mine = {o.name: dict(recorder.stats[o.name]) for o in shard.outputs if o.name in recorder.stats}
+        with self._lock:
+            self._by_shard[shard.filename] = mine
+            tmp = self.path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(self._by_shard))
+            os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 # Chunks computed ahead of the writer, per worker: one in the queue while one is written and one computed.

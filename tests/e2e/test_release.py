@@ -234,8 +234,6 @@ def test_a_release_failing_at_each_step_resumes_to_the_same_result(hub, maverick
     assert report["tensors"] and all(ref_report["tensors"][k] == v for k, v in report["tensors"].items())
 
 
-@pytest.mark.xfail(strict=True, reason="llama4ctl bug: quantize --resume writes a quantization_report.json that "
-                   "leaves out the tensors of the shards kept from the interrupted run (stats are not persisted)")
 def test_resumed_release_pushes_the_complete_quality_report(hub, maverick_release, resumed_release):
     target, _, _ = resumed_release
     got, ref = (json.loads(hub.files(r)["quantization_report.json"]) for r in (target, "me/Tiny-128E-FP8"))
