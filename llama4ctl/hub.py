@@ -54,9 +54,21 @@ _CHUNK = 8 << 20
 
 
 def _scrub(text: str, token: str | None) -> str:
-    if token:
-        text = text.replace(token, "***")
-    return re.sub(r"\bhf_[A-Za-z0-9]{8,}\b", "hf_***", text)
+    """Remove the token from text: the one given, the one huggingface_hub would use (HF_TOKEN, saved login)
+    whatever its format, and anything shaped like a Hub token (hf_..., hf_oauth_...)."""
+    for secret in {token, _default_token()}:
+        if secret:
+            text = text.replace(secret, "***")
+    return re.sub(r"\bhf_[A-Za-z0-9_]{8,}", "hf_***", text)
+
+
+def _default_token() -> str | None:
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except Exception:  # noqa: BLE001 - scrubbing must never fail
+        return None
 
 
 def _status(exc: BaseException) -> int:

@@ -66,3 +66,21 @@ def make_tiny_checkpoint(tmp_path: Path):
         return build_tiny_checkpoint(tmp_path / name, **kwargs)
 
     return make
+
+
+# ------------------------------------------------------------------------------------- hardening: --long
+# The fuzz and kill tests run a CI-sized campaign by default; `pytest --long` (or LLAMA4CTL_LONG=1) runs the
+# long one: ~100k hostile headers and hundreds of kill points (bench/bench_hardening.py runs the same).
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true", default=False,
+                     help="long hardening campaigns: ~100k fuzz cases, hundreds of kill points")
+
+
+@pytest.fixture(scope="session")
+def long_run(request: pytest.FixtureRequest) -> bool:
+    """True under `pytest --long` or LLAMA4CTL_LONG=1."""
+    import os
+
+    return bool(request.config.getoption("--long")) or os.environ.get("LLAMA4CTL_LONG") == "1"

@@ -6,19 +6,20 @@ bytes, so it costs the same for a 1 MB test model and for Maverick's 800 GB.
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from llama4ctl.checkpoint.header import TensorRef, read_header
+from llama4ctl.checkpoint.header import MAX_HEADER_BYTES, TensorRef, load_json, read_header, short_repr
 from llama4ctl.checkpoint.layout import TextConfig, normalize_config, parse_text_config
 from llama4ctl.errors import CheckpointError
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl")
+MAX_JSON_BYTES = MAX_HEADER_BYTES  # index and config files are read whole: bounded like a header
 # Files copied next to the weights of every output: config, generation, tokenizer, chat template, processor.
 EXTRA_FILE_NAMES = (
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
@@ -49,7 +50,7 @@ class Checkpoint:
             return None
         try:
             return parse_text_config(self.config)
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, ArithmeticError) as e:
             raise CheckpointError(f"config.json is not a Llama 4 config: missing or bad field {e}",
                                   self._path("config.json")) from None
 
@@ -69,9 +70,19 @@ class Checkpoint:
     @classmethod
     def open(cls, path: str | Path) -> Checkpoint:
         """Open a local checkpoint directory (sharded or single file) or one .safetensors file."""
+        try:
+            return cls._open(path)
+        except OSError as e:  # e.g. a name too long for the filesystem, a directory that cannot be listed
+            where = e.filename if e.filename and len(str(e.filename)) <= 1024 else path
+            raise CheckpointError(f"cannot read: {e.strerror or e}", where) from None
+
+    @classmethod
+    def _open(cls, path: str | Path) -> Checkpoint:
         p = Path(path)
         if not p.exists():
             raise CheckpointError("no such file or directory", p)
+        if not p.is_file() and not p.is_dir():
+            raise CheckpointError("not a checkpoint directory or .safetensors file", p)
         if p.is_file():
             if p.suffix in PICKLE_SUFFIXES:
                 raise _pickle_refusal(p)
@@ -105,26 +116,26 @@ class Checkpoint:
         for shard in shard_names:
             shard_path = p / shard
             if not shard_path.is_file():
-                raise CheckpointError(f"shard {shard!r} named in the index does not exist", index_path)
+                raise CheckpointError(f"shard {short_repr(shard)} named in the index does not exist", index_path)
             header = read_header(shard_path)
             sizes[shard] = header.file_size
             for t in header.tensors:
                 if t.name in seen:
-                    raise CheckpointError(f"tensor {t.name!r} appears in two shards: {seen[t.name]} and {shard}",
-                                          shard_path)
+                    raise CheckpointError(
+                        f"tensor {short_repr(t.name)} appears in two shards: {seen[t.name]} and {shard}", shard_path)
                 seen[t.name] = shard
                 if weight_map is not None and weight_map.get(t.name) != shard:
                     where = weight_map.get(t.name)
                     raise CheckpointError(
-                        f"tensor {t.name!r} is in {shard} but the index "
-                        + (f"maps it to {where}" if where else "does not list it"),
+                        f"tensor {short_repr(t.name)} is in {shard} but the index "
+                        + (f"maps it to {short_repr(where)}" if where else "does not list it"),
                         index_path,
                     )
             tensors.extend(header.tensors)
         if weight_map is not None:
             for name, shard in weight_map.items():
                 if seen.get(name) != shard:
-                    raise CheckpointError(f"tensor {name!r} is not in its shard {shard}", p / shard)
+                    raise CheckpointError(f"tensor {short_repr(name)} is not in its shard {shard}", p / shard)
 
         config, notes = _read_config(p)
         extras = tuple(n for n in EXTRA_FILE_NAMES if (p / n).is_file())
@@ -140,11 +151,21 @@ def _pickle_refusal(path: Path) -> CheckpointError:
     )
 
 
-def _read_index(index_path: Path) -> tuple[list[str], dict[str, str]]:
+def _read_json(path: Path, what: str) -> Any:
+    """A small JSON file, read whole only below MAX_JSON_BYTES."""
     try:
-        doc = json.loads(index_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"invalid index JSON: {e}", index_path) from None
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_JSON_BYTES:
+                raise CheckpointError(f"{what} is {size} bytes, over the {MAX_JSON_BYTES}-byte limit", path)
+            raw = f.read(size)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {what}: {e.strerror or e}", path) from None
+    return load_json(raw, what=what, path=path)
+
+
+def _read_index(index_path: Path) -> tuple[list[str], dict[str, str]]:
+    doc = _read_json(index_path, "index")
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
@@ -161,24 +182,22 @@ def _read_index(index_path: Path) -> tuple[list[str], dict[str, str]]:
 def _check_shard_name(shard: str, index_path: Path) -> None:
     parts = Path(shard).parts
     if Path(shard).is_absolute() or shard.startswith(("/", "\\")) or ".." in parts or "\\" in shard or not parts:
-        raise CheckpointError(f"index names shard {shard!r}, which escapes the checkpoint directory", index_path)
-    if len(parts) != 1:
-        raise CheckpointError(f"index names shard {shard!r} in a subdirectory; shards must sit beside the index",
+        raise CheckpointError(f"index names shard {short_repr(shard)}, which escapes the checkpoint directory",
                               index_path)
+    if len(parts) != 1 or parts[0] != shard:
+        raise CheckpointError(f"index names shard {short_repr(shard)}, not a plain file name; shards must sit "
+                              "beside the index", index_path)
     if not shard.endswith(".safetensors"):
         if shard.endswith(PICKLE_SUFFIXES):
             raise _pickle_refusal(index_path.parent / shard)
-        raise CheckpointError(f"index names shard {shard!r}, which is not a .safetensors file", index_path)
+        raise CheckpointError(f"index names shard {short_repr(shard)}, which is not a .safetensors file", index_path)
 
 
 def _read_config(root: Path) -> tuple[dict[str, Any] | None, list[str]]:
     path = root / "config.json"
     if not path.is_file():
         return None, []
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"invalid config JSON: {e}", path) from None
+    doc = _read_json(path, "config")
     if not isinstance(doc, dict):
         raise CheckpointError("config.json is not a JSON object", path)
     return normalize_config(doc)

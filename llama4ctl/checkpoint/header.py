@@ -1,7 +1,10 @@
 """Parse one .safetensors header into TensorRefs without reading tensor bytes.
 
 The header length is untrusted: it is bounded (100 MB, like safetensors itself) and checked against the file
-size before anything is allocated, and every offset is validated so later reads never leave the file.
+size before anything is allocated, and every offset is validated so later reads never leave the file. The JSON is
+held to what safetensors' own (Rust, serde_json) reader accepts: no NaN/Infinity, duplicate keys, lone surrogates,
+numbers out of range or nesting deeper than serde_json's limit; shapes whose element count overflows 64 bits and
+sub-byte tensors that do not end on a byte are refused, so a file llama4ctl accepts is one transformers can load.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +20,9 @@ from pathlib import Path
 from llama4ctl.errors import CheckpointError
 
 MAX_HEADER_BYTES = 100_000_000
+MAX_JSON_DEPTH = 127  # serde_json refuses a 128th level of nesting
+_U64 = 1 << 64  # shapes and offsets are usize in safetensors
+_LONE_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]")
 
 # safetensors dtype name -> bits per element (safetensors/src/tensor.rs, enum Dtype)
 DTYPE_BITS: dict[str, int] = {
@@ -82,7 +89,76 @@ def read_header(path: str | Path) -> Header:
             raw = f.read(n)
     except OSError as e:
         raise CheckpointError(f"cannot read: {e.strerror or e}", path) from None
+    if len(raw) != n:
+        raise CheckpointError(f"file ended while reading its {n}-byte header (changed while being read?)", path)
     return parse_header_bytes(raw, path=path, file_size=file_size)
+
+
+class _Invalid(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _Invalid(f"duplicate key {short_repr(k)}")
+            seen.add(k)
+    return d
+
+
+def _no_constant(name: str) -> object:
+    raise _Invalid(f"{name} is not valid JSON")
+
+
+def _json_float(text: str) -> float:
+    v = float(text)
+    if math.isinf(v):
+        raise _Invalid(f"number {short_repr(text)} out of range")
+    return v
+
+
+def _json_int(text: str) -> int | float:
+    # Beyond 20 characters a number cannot be a u64: it is a float to serde_json too (and Python's int() of a
+    # long digit string is slow and limited). "-0" is a float to serde_json, never a valid size or offset.
+    if len(text) > 20 or text == "-0":
+        return _json_float(text)
+    return int(text)
+
+
+def _depth(value: object) -> int:
+    """Nesting depth of a JSON value (a scalar is 0)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def load_json(raw: bytes, *, what: str, path: str | Path) -> object:
+    """Untrusted JSON held to serde_json's rules; every failure is a CheckpointError naming `path`."""
+    try:
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant,
+                         parse_float=_json_float, parse_int=_json_int)
+        if _LONE_SURROGATE_HINT.search(raw):
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")  # a lone surrogate cannot be encoded
+    except UnicodeError as e:
+        raise CheckpointError(f"invalid {what}: not valid UTF-8 ({e.reason})", path) from None
+    except RecursionError:
+        raise CheckpointError(f"invalid {what} JSON: nested deeper than {MAX_JSON_DEPTH} levels", path) from None
+    except ValueError as e:  # json.JSONDecodeError and _Invalid
+        raise CheckpointError(f"invalid {what} JSON: {e}", path) from None
+    return doc
+
+
+def short_repr(value: object, limit: int = 120) -> str:
+    """repr() for messages, cut short: names and shapes in a hostile header can be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} chars)"
 
 
 def parse_header_bytes(raw: bytes, *, path: Path, file_size: int | None) -> Header:
@@ -90,14 +166,13 @@ def parse_header_bytes(raw: bytes, *, path: Path, file_size: int | None) -> Head
     n = len(raw)
     if not raw.lstrip(b" ").startswith(b"{"):
         raise CheckpointError("invalid header: does not start with '{'", path)
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"invalid header JSON: {e}", path) from None
+    doc = load_json(raw, what="header", path=path)
     if not isinstance(doc, dict):
         raise CheckpointError("invalid header: top level is not an object", path)
 
-    metadata = doc.pop("__metadata__", None) or {}
+    metadata = doc.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError("invalid header: __metadata__ must map strings to strings", path)
 
@@ -105,36 +180,50 @@ def parse_header_bytes(raw: bytes, *, path: Path, file_size: int | None) -> Head
     entries: list[tuple[int, int, str, str, tuple[int, ...]]] = []
     for name, info in doc.items():
         if not isinstance(info, dict):
-            raise CheckpointError(f"invalid header entry for tensor {name!r}", path)
+            raise CheckpointError(f"invalid header entry for tensor {short_repr(name)}", path)
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in DTYPE_BITS:
-            raise CheckpointError(f"tensor {name!r} has unknown dtype {dtype!r}", path)
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise CheckpointError(f"tensor {name!r} has an invalid shape {shape!r}", path)
+        if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+            raise CheckpointError(f"tensor {short_repr(name)} has unknown dtype {short_repr(dtype)}", path)
+        if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < _U64 for d in shape):
+            raise CheckpointError(f"tensor {short_repr(name)} has an invalid shape {short_repr(shape)}", path)
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
-            or not all(type(o) is int and o >= 0 for o in offsets)
+            or not all(type(o) is int and 0 <= o < _U64 for o in offsets)
             or offsets[0] > offsets[1]
         ):
-            raise CheckpointError(f"tensor {name!r} has invalid data_offsets {offsets!r}", path)
+            raise CheckpointError(f"tensor {short_repr(name)} has invalid data_offsets {short_repr(offsets)}", path)
+        numel = 1
+        for d in shape:  # as safetensors does: every partial product must fit in 64 bits
+            numel *= d
+            if numel >= _U64:
+                raise CheckpointError(f"tensor {short_repr(name)}: shape {short_repr(shape)} overflows 64 bits", path)
+        bits = DTYPE_BITS[dtype] * numel
+        if bits % 8:
+            raise CheckpointError(f"tensor {short_repr(name)}: {numel} × {dtype} does not end on a byte boundary", path)
         shape_t = tuple(shape)
-        want = expected_nbytes(dtype, shape_t)
+        want = bits // 8
         if offsets[1] - offsets[0] != want:
             raise CheckpointError(
-                f"tensor {name!r}: byte range {offsets[1] - offsets[0]} does not match {dtype} × {list(shape_t)}"
-                f" = {want} bytes",
+                f"tensor {short_repr(name)}: byte range {offsets[1] - offsets[0]} does not match {dtype} × "
+                f"{short_repr(list(shape_t))} = {want} bytes",
                 path,
             )
+        if len(info) > 3:  # unknown fields are ignored, but must be JSON that safetensors can read
+            for key, value in info.items():
+                if key not in ("dtype", "shape", "data_offsets") and _depth(value) > MAX_JSON_DEPTH - 2:
+                    raise CheckpointError(f"invalid header JSON: nested deeper than {MAX_JSON_DEPTH} levels", path)
         entries.append((offsets[0], offsets[1], name, dtype, shape_t))
 
     entries.sort(key=lambda e: (e[0], e[1]))
     cursor = 0
     for begin, end, name, _, _ in entries:
         if begin < cursor:
-            raise CheckpointError(f"tensor {name!r} overlaps the previous tensor (offset {begin} < {cursor})", path)
+            raise CheckpointError(f"tensor {short_repr(name)} overlaps the previous tensor (offset {begin} < {cursor})",
+                                  path)
         if begin > cursor:
-            raise CheckpointError(f"gap of {begin - cursor} bytes before tensor {name!r} (offset {begin})", path)
+            raise CheckpointError(f"gap of {begin - cursor} bytes before tensor {short_repr(name)} (offset {begin})",
+                                  path)
         cursor = end
     if file_size is not None and data_start + cursor != file_size:
         if data_start + cursor > file_size:

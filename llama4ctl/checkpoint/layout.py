@@ -183,6 +183,8 @@ def parse_text_config(config: dict[str, Any]) -> TextConfig:
     """Raises KeyError/TypeError/ValueError on missing or malformed fields (the caller names the file)."""
     tc = text_config_dict(config)
     n_layers = int(tc["num_hidden_layers"])
+    if not 0 < n_layers <= 10_000:  # lists of layers are built from it: bound it before allocating
+        raise ValueError(f"num_hidden_layers={n_layers} is out of range")
     step = int(tc.get("interleave_moe_layer_step", 1))
     moe = tc.get("moe_layers")
     if moe is None:
@@ -190,6 +192,8 @@ def parse_text_config(config: dict[str, Any]) -> TextConfig:
     no_rope = tc.get("no_rope_layers")
     if not no_rope:
         interval = int(tc.get("no_rope_layer_interval", 4))
+        if interval <= 0:
+            raise ValueError(f"no_rope_layer_interval={interval} is not positive")
         no_rope = [int((i + 1) % interval != 0) for i in range(n_layers)]
     return TextConfig(
         hidden_size=int(tc["hidden_size"]),

@@ -52,8 +52,10 @@ def handled(out: Output) -> Iterator[None]:
             import json
 
             out.stdout.write(json.dumps(error_document(message, path, hint)) + "\n")
-        line = f"{path}: {message}" if path else message
-        out.console.print(f"[red]Error:[/red] {line}", markup=True, highlight=False)
+        from rich.markup import escape
+
+        line = " ".join((f"{path}: {message}" if path else message).splitlines())
+        out.console.print(f"[red]Error:[/red] {escape(line)}", markup=True, highlight=False)  # names from files
         if hint:
-            out.console.print(f"Hint: {hint}")
+            out.console.print(f"Hint: {escape(hint)}")
         raise typer.Exit(code) from None

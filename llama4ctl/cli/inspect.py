@@ -32,13 +32,14 @@ def inspect_cmd(
 
 
 def render(console: Any, doc: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     q = doc["quantization"]
     quant = q["format"] + (f" ({q['scheme']})" if q.get("scheme") else "")
     if q.get("bits_per_weight"):
         quant += f", {q['bits_per_weight']:.2f} bits/weight"
-    console.print(f"[bold]{doc['source']}[/bold]")
+    console.print(f"[bold]{escape(doc['source'])}[/bold]")
     console.print(
         f"family {doc['family']} · {doc['architecture']} · {doc['num_parameters']:,} parameters · "
         f"{human_size(doc['total_bytes'])} in {doc['shards']} shard(s) · {doc['num_tensors']} tensors"
@@ -49,7 +50,7 @@ def render(console: Any, doc: dict[str, Any]) -> None:
         + ", ".join(f"{k} {human_size(v)}" for k, v in doc["dtypes"].items())
     )
     for note in doc["config_notes"]:
-        console.print(f"config note: {note}")
+        console.print(f"config note: {escape(note)}")
     table = Table(title="parameters by component", title_justify="left")
     table.add_column("component")
     table.add_column("parameters", justify="right")
@@ -74,5 +75,5 @@ def render(console: Any, doc: dict[str, Any]) -> None:
         for col in ("name", "component", "dtype", "shape", "shard"):
             tt.add_column(col)
         for t in doc["tensors"]:
-            tt.add_row(t["name"], t["component"], t["dtype"], str(t["shape"]), t["shard"])
+            tt.add_row(escape(t["name"]), t["component"], t["dtype"], str(t["shape"]), escape(t["shard"]))
         console.print(tt)

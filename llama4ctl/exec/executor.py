@@ -26,7 +26,7 @@ from llama4ctl import __version__
 from llama4ctl.checkpoint.header import TensorRef
 from llama4ctl.checkpoint.reader import Reader
 from llama4ctl.errors import OutputError, PlanError
-from llama4ctl.exec.writer import OutputDir, build_header
+from llama4ctl.exec.writer import STATS_FILE, OutputDir, build_header
 from llama4ctl.plan.ops import KERNELS, ShardPlan
 from llama4ctl.plan.planner import Plan
 from llama4ctl.progress import NullProgress, Progress
@@ -230,7 +230,6 @@ def execute(
         _write_metadata(plan, out, command)
         if extra_outputs is not None:
             extra_outputs(out, result.recorder)
-        kept_stats.remove()
         out.commit()
         progress.finish()
     except OSError as e:
@@ -257,12 +256,11 @@ def _check_same_plan(dst: Path, plan: Plan) -> None:
 
 class _ShardStats:
     """Per-tensor kernel statistics (quantization error) of finished shards, kept in the partial directory so a
-    resumed run reports every tensor, not only the ones it rewrote. Removed before the rename."""
-
-    FILE = "stats.json"
+    resumed run reports every tensor, not only the ones it rewrote. OutputDir.commit removes the file together
+    with the progress file, just before the rename."""
 
     def __init__(self, partial: Path, *, fresh: bool) -> None:
-        self.path = partial / self.FILE
+        self.path = partial / STATS_FILE
         self._lock = threading.Lock()
         self._by_shard: dict[str, dict[str, dict[str, float]]] = {}
         if not fresh:
@@ -285,8 +283,6 @@ class _ShardStats:
             tmp.write_text(json.dumps(self._by_shard))
             os.replace(tmp, self.path)
 
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 # Chunks computed ahead of the writer, per worker: one in the queue while one is written and one computed.

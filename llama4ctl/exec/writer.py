@@ -18,6 +18,7 @@ import os
 import shutil
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ from llama4ctl.errors import OutputError
 from llama4ctl.plan.ops import OutputSpec, ShardPlan
 
 PROGRESS_FILE = "progress.json"
+STATS_FILE = "stats.json"
 LOCK_FILE = ".lock"
+LOCK_TRIES = 5
 
 
 def build_header(outputs: tuple[OutputSpec, ...] | list[OutputSpec]) -> bytes:
@@ -146,6 +149,7 @@ class OutputDir:
         """Before planning any writes: True if DST is already complete and --resume was given."""
         if self.dst.exists():
             if self.resume and not self.overwrite and (self.dst / "llama4ctl.json").is_file():
+                (self.dst / LOCK_FILE).unlink(missing_ok=True)  # left by a run killed just after its rename
                 return True
             if not self.overwrite:
                 raise OutputError("destination already exists", self.dst,
@@ -153,6 +157,9 @@ class OutputDir:
             if not self.dst.is_dir():
                 raise OutputError("destination exists and is not a directory", self.dst)
         if self.partial.exists() and not (self.resume or self.overwrite):
+            if _lock_held(self.partial / LOCK_FILE):
+                raise OutputError("another llama4ctl run is writing this destination (lock held)", self.partial,
+                                  hint="wait for it to finish, or stop it")
             raise OutputError("an interrupted run left partial output here", self.partial,
                               hint="pass --resume to continue it, or --overwrite to start again")
         if not self.dst.parent.is_dir():
@@ -162,18 +169,48 @@ class OutputDir:
     # ---------------------------------------------------------------------------------- lifecycle
 
     def open(self) -> None:
-        try:
-            self.partial.mkdir(exist_ok=True)
-        except OSError as e:
-            raise OutputError(f"cannot create the output directory: {e.strerror}", self.partial) from None
-        fd = os.open(self.partial / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise OutputError("another llama4ctl run is writing this destination (lock held)", self.partial,
-                              hint="wait for it to finish, or stop it") from None
+        for attempt in range(2):
+            try:
+                self.partial.mkdir(exist_ok=True)
+            except OSError as e:
+                raise OutputError(f"cannot create the output directory: {e.strerror}", self.partial) from None
+            try:
+                self._open()
+                return
+            except FileNotFoundError as e:
+                # the partial directory was renamed away under us: another run into DST just finished
+                self.release()
+                if self.dst.exists() and not self.overwrite:
+                    raise OutputError("destination already exists (another llama4ctl run just finished it)",
+                                      self.dst, hint="pass --overwrite to replace it") from None
+                if attempt:
+                    raise OutputError(f"write failed: {e.strerror or e}", e.filename or self.partial) from None
+            except OSError as e:  # e.g. no space left for the lock or the first progress file
+                self.release()
+                raise OutputError(f"write failed: {e.strerror or e}", e.filename or self.partial,
+                                  hint="fix the cause, then re-run with --resume to continue") from None
+
+    def _open(self) -> None:
+        lock = self.partial / LOCK_FILE
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        for attempt in range(LOCK_TRIES):  # a few tries: another run's check_destination probes it briefly
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == LOCK_TRIES - 1:
+                    os.close(fd)
+                    raise OutputError("another llama4ctl run is writing this destination (lock held)",
+                                      self.partial, hint="wait for it to finish, or stop it") from None
+                time.sleep(0.02)
         self._lock_fd = fd
+        try:  # the lock is ours only if the partial directory still holds that very file (not renamed into DST)
+            held, current = os.fstat(fd), os.stat(lock)
+            if (held.st_dev, held.st_ino) != (current.st_dev, current.st_ino):
+                raise FileNotFoundError(2, "lock file replaced", str(lock))
+        except FileNotFoundError:
+            self.release()
+            raise
         progress = self.partial / PROGRESS_FILE
         if self.resume and progress.is_file():
             try:
@@ -235,7 +272,6 @@ class OutputDir:
 
     def commit(self) -> None:
         """Rename the finished partial directory into place (replacing DST with --overwrite)."""
-        (self.partial / PROGRESS_FILE).unlink(missing_ok=True)
         for stray in self.partial.glob("*.tmp"):
             stray.unlink()
         for child in self.partial.iterdir():
@@ -245,6 +281,9 @@ class OutputDir:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+        # only now: a failed fsync above leaves the progress file, so --resume keeps every finished shard
+        (self.partial / PROGRESS_FILE).unlink(missing_ok=True)
+        (self.partial / STATS_FILE).unlink(missing_ok=True)  # the executor's per-shard figures, like progress
         _fsync_dir(self.partial)
         old = None
         if self.dst.exists():
@@ -261,6 +300,21 @@ class OutputDir:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _lock_held(lock: Path) -> bool:
+    """Whether a live process holds the lock (probed with a non-blocking try, released at once)."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _fsync_dir(path: Path) -> None:

@@ -235,7 +235,8 @@ def test_push_model_card_gets_the_estimate(ckpts, tmp_path):
                             "LLAMA4CTL_CACHE_DIR": str(c["cache"]), "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr
     card = json.loads(r.stdout)["card"]
-    assert "## Storage dedup estimate" in card and str(c["base"]) in card
+    assert "## Storage dedup estimate" in card and "Xet chunk reuse against the base model" in card
+    assert str(c["base"]) not in card  # a card is public: no local paths
 
 
 def test_usage_errors_exit_2(ckpts):
