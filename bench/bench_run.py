@@ -37,13 +37,15 @@ TINY = dict(SHAPE, hidden_size=64, expert_intermediate_size=48, mlp_intermediate
             num_layers=4, vocab_size=512, max_shard_size="1MB")
 PROMPT_LEN = 32
 
-VARIANTS = [  # (label, checkpoint key, fp8_moe[:fp8_dense], load_in)
+VARIANTS = [  # (label, checkpoint key, fp8_moe[:fp8_dense[:nographs]], load_in)
     ("BF16 (transformers)", "bf16", "off", None),
     ("BF16 --load-in fp8 (llama4ctl fast FP8)", "bf16", "auto", "fp8"),
     ("fbgemm_fp8 (transformers FbgemmFp8Llama4TextExperts)", "fbgemm", "off", None),
     ("fbgemm_fp8 + llama4ctl fast FP8 (grouped), dense layers kept FP8 (--fp8-dense keep)", "fbgemm",
      "grouped:keep", None),
-    ("fbgemm_fp8 + llama4ctl fast FP8 (grouped), dense layers BF16 (default)", "fbgemm", "grouped", None),
+    ("fbgemm_fp8 + llama4ctl fast FP8 (grouped), dense layers BF16, no CUDA graphs (--no-cuda-graphs)", "fbgemm",
+     "grouped:bf16:nographs", None),
+    ("fbgemm_fp8 + llama4ctl fast FP8 (grouped), dense layers BF16, CUDA graphs (default)", "fbgemm", "grouped", None),
     ("fbgemm_fp8 + llama4ctl fast FP8 (fbgemm grouped_stacked), dense layers BF16", "fbgemm", "fbgemm", None),
     ("compressed-tensors FP8 (transformers)", "ct", "off", None),
     ("compressed-tensors FP8 + llama4ctl fast FP8 (grouped), dense layers BF16", "ct", "grouped", None),
@@ -70,8 +72,10 @@ def variant(path: str, fp8_moe: str, load_in: str | None, new_tokens: int, dump:
     config, _ = generate.read_config(path)
     fmt = generate.checkpoint_format(config)
     device_map = "cuda" if cuda else None
-    fp8_moe, _, fp8_dense = fp8_moe.partition(":")
+    fp8_moe, _, rest = fp8_moe.partition(":")
+    fp8_dense, _, graphs = rest.partition(":")
     req = RunRequest(model=path, prompt="-", load_in=load_in, fp8_moe=fp8_moe, fp8_dense=fp8_dense or "bf16",
+                     cuda_graphs=graphs != "nographs",
                      device_map=device or "cpu",
                      max_new_tokens=new_tokens, temperature=0, ignore_eos=True)
     generate.check_environment(fmt, load_in=load_in, on_cuda=cuda)
@@ -98,6 +102,10 @@ def variant(path: str, fp8_moe: str, load_in: str | None, new_tokens: int, dump:
         out[f"b{batch}_ttft_s"] = best["ttft_s"]
         out[f"b{batch}_tokens"] = best["tokens"]
     out["generate_peak_bytes"] = peak() - base
+    if (loaded.info["fp8_moe"] or {}).get("moe_layers"):
+        from llama4ctl.moe_fp8 import graph_stats
+
+        out["graphs"] = graph_stats(model)
     with torch.inference_mode():
         logits = model(input_ids=ids16).logits[:, -1].float().cpu()
         greedy = model.generate(input_ids=ids16[:1], attention_mask=torch.ones_like(ids16[:1]), max_new_tokens=32,
@@ -316,6 +324,10 @@ def main() -> None:
         notes = f"FP8 MoE: {moe['backend']} on {moe['moe_layers']} layers" if moe.get("moe_layers") else ""
         if (r.get("fp8_dense") or {}).get("layers"):
             notes += f"; {r['fp8_dense']['layers']} dense FP8 layers in BF16"
+        if (r.get("graphs") or {}).get("captured"):
+            notes += f"; {r['graphs']['captured']} CUDA graphs"
+        elif (r.get("graphs") or {}).get("disabled"):
+            notes += f"; CUDA graphs off: {r['graphs']['disabled'][:80]}"
         if "logits_rel_err_vs_transformers_fbgemm" in r:
             notes += f"; logits vs transformers fbgemm {r['logits_rel_err_vs_transformers_fbgemm']:.4f}"
         print(f"| {r['label']} | {_fmt(r['b1_tokens_per_s'])} | {_fmt(r['b16_tokens_per_s'])} | {_fmt(ratio, '.2f', '×')} | "

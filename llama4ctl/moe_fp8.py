@@ -36,6 +36,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 from transformers.models.llama4.modeling_llama4 import Llama4Router, Llama4TextMoe
 
+from llama4ctl.graphs import GraphPool, ShapeGraphs
 from llama4ctl.quant.fp8 import FBGEMM_MIN_SCALE, FP8_MAX, fbgemm_kernel, fbgemm_rowwise
 
 BACKENDS = ("grouped", "fbgemm", "reference")
@@ -253,7 +254,8 @@ class Fp8Llama4TextMoe(Llama4TextMoe):
     """Llama4TextMoe computed over the routed tokens only, experts in FP8 (a subclass, so transformers' output
     recording of router logits still finds it)."""
 
-    def __init__(self, moe: Llama4TextMoe, experts: Fp8GroupedExperts):  # noqa: D107 - built from a loaded module
+    def __init__(self, moe: Llama4TextMoe, experts: Fp8GroupedExperts, *, cuda_graphs: bool = True,  # noqa: D107
+                 graph_pool: GraphPool | None = None):
         nn.Module.__init__(self)
         self.top_k, self.hidden_dim, self.num_experts = moe.top_k, moe.hidden_dim, moe.num_experts
         self.router = moe.router
@@ -261,6 +263,14 @@ class Fp8Llama4TextMoe(Llama4TextMoe):
         self.experts = experts
         ids = torch.arange(self.num_experts, device=experts.w13.device)
         self.register_buffer("_expert_ids", ids, persistent=False)
+        # decode steps replayed from CUDA graphs (llama4ctl.graphs): nothing in _forward synchronizes with the host
+        self.graphs = ShapeGraphs(self._forward, pool=graph_pool)
+        self.graphs.enabled = cuda_graphs and experts.backend != "reference"  # the reference loop reads offsets
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Fp8Llama4TextMoe:
+        if hasattr(self, "graphs"):
+            self.graphs.reset()  # .to() / .cuda() move the weights: captured graphs would read the old addresses
+        return super()._apply(fn, recurse)
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(router logits [T, E], top-k expert ids [T, k], scores [T, k] in x's dtype), as Llama4Router."""
@@ -273,7 +283,11 @@ class Fp8Llama4TextMoe(Llama4TextMoe):
         return logits, top_i, dense_scores.gather(1, top_i)
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = hidden_states.reshape(-1, self.hidden_dim)
+        """(output [T, H], router logits [T, E]); on CUDA at decode sizes both are a graph's static outputs,
+        overwritten by the next call with the same shape."""
+        return self.graphs(hidden_states.reshape(-1, self.hidden_dim))
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, top_i, scores = self.route(x)
         sorted_e, order = torch.sort(top_i.reshape(-1))
         token = order // self.top_k if self.top_k > 1 else order
@@ -294,7 +308,8 @@ def _is_distributed_tensor(t: Any) -> bool:
 
 
 def convert_moe(moe: Llama4TextMoe, config: Any, *, backend: str = "auto", quantize_bf16: bool = False,
-                scale_ub: float | None = None) -> tuple[Fp8Llama4TextMoe | None, str]:
+                scale_ub: float | None = None, cuda_graphs: bool = True,
+                graph_pool: GraphPool | None = None) -> tuple[Fp8Llama4TextMoe | None, str]:
     """(replacement or None, what the experts were). BF16 experts are converted only with quantize_bf16."""
     experts = moe.experts
     kind = type(experts).__name__
@@ -320,23 +335,26 @@ def convert_moe(moe: Llama4TextMoe, config: Any, *, backend: str = "auto", quant
         kind = "compressed-tensors FP8"
     else:
         return None, kind
-    return Fp8Llama4TextMoe(moe, new), kind
+    return Fp8Llama4TextMoe(moe, new, cuda_graphs=cuda_graphs, graph_pool=graph_pool), kind
 
 
 def convert_model(model: nn.Module, *, backend: str = "auto", quantize_bf16: bool = False,
-                  scale_ub: float | None = None) -> dict[str, Any]:
+                  scale_ub: float | None = None, cuda_graphs: bool = True) -> dict[str, Any]:
     """Swap every Llama4TextMoe of a loaded model for Fp8Llama4TextMoe; frees the old expert tensors as it goes.
 
-    Returns {"moe_layers": converted count, "backend": name or None, "sources": {kind: count}}.
+    Returns {"moe_layers": converted count, "backend": name or None, "sources": {kind: count},
+    "cuda_graphs": whether decode steps will be replayed from CUDA graphs (CUDA, a non-reference backend)}.
     """
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     todo = [(name, m) for name, m in model.named_modules()
             if isinstance(m, Llama4TextMoe) and not isinstance(m, Fp8Llama4TextMoe)]
     sources: dict[str, int] = {}
     backends: set[str] = set()
-    converted = 0
+    converted = graphed = 0
+    pool = GraphPool()  # the model's layers share one graph memory pool
     for name, moe in todo:
-        new, kind = convert_moe(moe, config, backend=backend, quantize_bf16=quantize_bf16, scale_ub=scale_ub)
+        new, kind = convert_moe(moe, config, backend=backend, quantize_bf16=quantize_bf16, scale_ub=scale_ub,
+                                cuda_graphs=cuda_graphs, graph_pool=pool)
         sources[kind] = sources.get(kind, 0) + 1
         if new is None:
             continue
@@ -344,10 +362,20 @@ def convert_model(model: nn.Module, *, backend: str = "auto", quantize_bf16: boo
         moe.experts = nn.Module()  # drop the last reference to the old expert tensors now, not at the end
         backends.add(new.experts.backend)
         converted += 1
+        graphed += new.graphs.enabled and new.experts.w13.is_cuda
     if converted:
         import gc
 
         gc.collect()  # compressed-tensors' modules sit in reference cycles (hooks): free the old experts now
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    return {"moe_layers": converted, "backend": ",".join(sorted(backends)) or None, "sources": sources}
+    return {"moe_layers": converted, "backend": ",".join(sorted(backends)) or None, "sources": sources,
+            "cuda_graphs": graphed > 0}
+
+
+def graph_stats(model: nn.Module) -> dict[str, Any]:
+    """What the fast MoE layers' CUDA graphs did: graphs captured, replays, why capturing stopped (if it did)."""
+    layers = [m for m in model.modules() if isinstance(m, Fp8Llama4TextMoe)]
+    disabled = next((m.graphs.disabled for m in layers if m.graphs.disabled), None)
+    return {"captured": sum(m.graphs.captured for m in layers), "replays": sum(m.graphs.replays for m in layers),
+            "disabled": disabled}

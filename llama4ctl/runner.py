@@ -48,6 +48,7 @@ class RunRequest:
     attn: str | None = None
     fp8_moe: str = "auto"
     fp8_dense: str = "bf16"
+    cuda_graphs: bool = True  # the fast FP8 MoE's decode steps replayed from CUDA graphs
     revision: str | None = None
     token: str | None = None
     ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
@@ -408,7 +409,7 @@ def fast_moe(model: Any, req: RunRequest, fmt: str, *, on_cuda: bool, tp: bool,
             note("--load-in fp8 on CPU runs the pure-torch reference FP8 MoE (slow; meant for tests): "
                  "the fast grouped FP8 GEMMs need an H100-class GPU")
         try:
-            return moe_fp8.convert_model(model, backend=req.fp8_moe, quantize_bf16=True)
+            return moe_fp8.convert_model(model, backend=req.fp8_moe, quantize_bf16=True, cuda_graphs=req.cuda_graphs)
         except ValueError as e:
             raise Llama4ctlError(str(e), hint="use --fp8-moe auto") from None
     if req.fp8_moe == "off" or not fp8_source or tp:
@@ -419,7 +420,7 @@ def fast_moe(model: Any, req: RunRequest, fmt: str, *, on_cuda: bool, tp: bool,
         if moe_fp8.pick_backend(device, "auto", hidden=text.hidden_size, expert_dim=text.intermediate_size) != "grouped":
             return None  # transformers' own modules are the better choice without the grouped kernel
     try:
-        return moe_fp8.convert_model(model, backend=req.fp8_moe)
+        return moe_fp8.convert_model(model, backend=req.fp8_moe, cuda_graphs=req.cuda_graphs)
     except ValueError as e:
         raise Llama4ctlError(str(e), hint="use --fp8-moe auto") from None
 
@@ -508,6 +509,10 @@ def run(req: RunRequest, *, on_text: Callable[[str], None] | None = None,
         raise Llama4ctlError(f"flex_attention failed ({type(e).__name__}: {first})",
                              hint="flex_attention compiles kernels with torch.compile (a C++ compiler on CPU, "
                                   "Triton on GPU); use --attn sdpa") from None
+    if (loaded.info.get("fp8_moe") or {}).get("moe_layers"):
+        from llama4ctl.moe_fp8 import graph_stats
+
+        loaded.info["fp8_moe"]["graphs"] = graph_stats(model)
     started = process_start_time()
     first_wall = gen.pop("first_token_wall", None)
     return {

@@ -60,6 +60,7 @@ def run_cmd(
     attn: Annotated[str | None, typer.Option("--attn", help="Attention implementation: sdpa, flex_attention or eager (default: transformers' choice).")] = None,
     fp8_moe: Annotated[str, typer.Option("--fp8-moe", help="FP8 MoE kernel: auto, grouped (torch._scaled_grouped_mm), fbgemm, reference (pure torch) or off (transformers' modules).")] = "auto",
     fp8_dense: Annotated[str, typer.Option("--fp8-dense", help="With the fast FP8 MoE: bf16 dequantizes the dense FP8 layers (attention, shared expert; ~3% of Llama 4's weights) for decoding speed, keep leaves them FP8 (least memory).")] = "bf16",
+    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs", help="Replay the fast FP8 MoE's decode steps from CUDA graphs (one launch per layer instead of ~25).")] = True,
     stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print tokens as they come.")] = True,
     revision: RevisionOpt = None,
     token: TokenOpt = None,
@@ -78,7 +79,7 @@ def run_cmd(
             req = RunRequest(model=model, prompt=_read_prompt(prompt), images=tuple(image or ()), system=system,
                              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                              load_in=load_in, device_map=device_map, attn=attn, fp8_moe=fp8_moe, fp8_dense=fp8_dense,
-                             revision=revision, token=token)
+                             cuda_graphs=cuda_graphs, revision=revision, token=token)
             try:
                 req.check()
             except ValueError as e:
@@ -114,7 +115,7 @@ def summary_line(res: dict[str, Any]) -> str:
     moe = res.get("fp8_moe") or {}
     how = res["format"] + (f", load-in {res['load_in']}" if res.get("load_in") else "")
     if moe.get("moe_layers"):
-        how += f", FP8 MoE {moe['backend']}"
+        how += f", FP8 MoE {moe['backend']}" + (" + CUDA graphs" if (moe.get("graphs") or {}).get("captured") else "")
     if (res.get("fp8_dense") or {}).get("layers"):
         how += f", {res['fp8_dense']['layers']} dense FP8 layers in BF16"
     if res.get("world_size", 1) > 1:

@@ -146,7 +146,8 @@ def test_load_in_fp8_quantizes_experts_at_load_on_cpu(text_only_dir):
                        "--load-in", "fp8", "--device-map", "cpu", "--json")
     assert r.exit_code == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert doc["fp8_moe"] == {"moe_layers": 2, "backend": "reference", "sources": {"bf16 (quantized at load)": 2}}
+    assert doc["fp8_moe"] == {"moe_layers": 2, "backend": "reference", "sources": {"bf16 (quantized at load)": 2},
+                              "cuda_graphs": False, "graphs": {"captured": 0, "replays": 0, "disabled": None}}
     bf16 = json.loads(cli_in_process("run", text_only_dir, "--prompt", PROMPT, "--max-new-tokens", "1",
                                      "--device-map", "cpu", "--json").stdout)
     assert doc["weights_bytes"] < bf16["weights_bytes"]
@@ -421,7 +422,7 @@ def test_fast_moe_equals_transformers_fbgemm_experts(text_only_dir, fbgemm_dir, 
         ref = model(input_ids=ids).logits.float()
         info = convert_model(model)
         got = model(input_ids=ids).logits.float()
-    assert info == {"moe_layers": 2, "backend": "reference", "sources": {"fbgemm_fp8": 2}}
+    assert info == {"moe_layers": 2, "backend": "reference", "sources": {"fbgemm_fp8": 2}, "cuda_graphs": False}
     assert (got - ref).norm() / ref.norm() < 1e-2
 
 
@@ -488,7 +489,7 @@ def test_bf16_experts_are_left_alone_without_quantize_bf16(text_only_dir):
     from llama4ctl.moe_fp8 import convert_model
 
     model = _load_text(text_only_dir)
-    assert convert_model(model) == {"moe_layers": 0, "backend": None, "sources": {"bf16": 2}}
+    assert convert_model(model) == {"moe_layers": 0, "backend": None, "sources": {"bf16": 2}, "cuda_graphs": False}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -536,7 +537,16 @@ def test_gpu_fbgemm_fp8_loads_and_generates_fast_and_transformers_paths(text_onl
     fast = run(RunRequest(**base))
     assert fast["tokens"] == 16
     if grouped_mm_supported("cuda"):
-        assert fast["fp8_moe"] == {"moe_layers": 2, "backend": "grouped", "sources": {"fbgemm_fp8": 2}}
+        graphs = fast["fp8_moe"].pop("graphs")
+        assert fast["fp8_moe"] == {"moe_layers": 2, "backend": "grouped", "sources": {"fbgemm_fp8": 2},
+                                   "cuda_graphs": True}
+        # 15 decode steps of one token: eager, then captured and replayed 14 times, in each of the 2 MoE layers
+        assert graphs == {"captured": 2, "replays": 28, "disabled": None}
+        eager = run(RunRequest(cuda_graphs=False, **base))
+        assert eager["token_ids"] == fast["token_ids"] and eager["fp8_moe"]["graphs"]["captured"] == 0
+        sampled = [run(RunRequest(**{**base, "temperature": 0.9, "seed": 7})) for _ in range(2)]
+        assert [r["fp8_moe"]["graphs"]["captured"] for r in sampled] == [2, 2], [r["fp8_moe"] for r in sampled]
+        assert sampled[0]["token_ids"] == sampled[1]["token_ids"]
     assert fast["fp8_dense"]["layers"] > 0
     ids = torch.tensor([[384, 17, 42, 99, 7, 300, 12, 64]], device="cuda")
     logits = {}
@@ -596,6 +606,60 @@ def test_gpu_fast_fp8_moe_backend_equals_the_reference(backend):
             assert (got - want).norm() / want.norm() < 1e-2, n
         bf16 = moe(x)[0].float()
         assert (fast(x)[0].float() - bf16).norm() / bf16.norm() < 0.08
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("backend", ["grouped", "fbgemm"])
+def test_gpu_cuda_graph_replays_equal_eager_calls(backend):
+    """Decode-sized calls: the first of a shape runs eagerly, the second captures, later ones replay; every output
+    equals the eager module's on fresh inputs (the static input is refilled), and prefill sizes never capture."""
+    from llama4ctl.moe_fp8 import Fp8GroupedExperts, Fp8Llama4TextMoe, _fbgemm_grouped
+
+    if backend == "fbgemm" and _fbgemm_grouped() is None:
+        pytest.skip("fbgemm-gpu-genai's f8f8bf16_rowwise_grouped_stacked is not available")
+    moe, cfg, x = _gpu_moe()
+    with torch.inference_mode():
+        experts = Fp8GroupedExperts.from_bf16(moe.experts, cfg, backend=backend)
+        eager = Fp8Llama4TextMoe(moe, experts, cuda_graphs=False)
+        graphed = Fp8Llama4TextMoe(moe, experts)
+        for step in range(5):
+            for n in (16, 1):
+                xs = torch.randn(n, 1024, device="cuda", dtype=torch.bfloat16)
+                got, want = graphed(xs), eager(xs)
+                assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (step, n)
+        for _ in range(3):
+            graphed(x)  # 300 rows: above MAX_ROWS, eager
+        assert graphed.graphs.disabled is None
+        assert graphed.graphs.captured == 2 and graphed.graphs.replays == 8
+        assert eager.graphs.captured == 0
+        del graphed, eager, experts
+        # other graphs freed meanwhile (the garbage collector may run at any time) do not break a new capture
+        again = Fp8Llama4TextMoe(moe, Fp8GroupedExperts.from_bf16(moe.experts, cfg, backend=backend))
+        for _ in range(3):
+            again(x[:16])
+            torch.randn(4, device="cuda")
+        assert again.graphs.disabled is None and again.graphs.captured == 1
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_a_capture_that_synchronizes_falls_back_to_eager(monkeypatch):
+    """An operation that waits for the host inside the step (here a .item()) cannot be captured: the module says
+    why and keeps computing eagerly, with the same results."""
+    from llama4ctl.moe_fp8 import Fp8GroupedExperts, Fp8Llama4TextMoe
+
+    moe, cfg, x = _gpu_moe()
+    with torch.inference_mode():
+        fast = Fp8Llama4TextMoe(moe, Fp8GroupedExperts.from_bf16(moe.experts, cfg, backend="grouped"))
+        want = fast(x[:16])[0].clone()
+        real = fast.route
+        monkeypatch.setattr(fast, "route", lambda h: (float(h.abs().sum().item()), real(h))[1])
+        outs = [fast(x[:16])[0].clone() for _ in range(3)]
+    assert fast.graphs.captured == 0 and fast.graphs.disabled
+    assert all(torch.equal(o, want) for o in outs)
+    # the failed capture must not leave the random generator unusable (sampling draws from it)
+    assert torch.multinomial(torch.ones(4, device="cuda"), 1).item() in range(4)
 
 
 @pytest.mark.gpu
