@@ -115,6 +115,67 @@ def variant(path: str, fp8_moe: str, load_in: str | None, new_tokens: int, dump:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Paired rounds (child process): every variant loaded in one process, timed in rotation
+
+
+PAIRED = [  # (label, checkpoint key, fp8_moe[:fp8_dense[:nographs]])
+    ("BF16 (transformers)", "bf16", "off"),
+    ("fbgemm_fp8 + fast FP8, no CUDA graphs", "fbgemm", "grouped:bf16:nographs"),
+    ("fbgemm_fp8 + fast FP8 + CUDA graphs (default)", "fbgemm", "grouped"),
+]
+
+
+def paired(paths: dict[str, str], rounds: int, new_tokens: int) -> dict:
+    """Between processes the same BF16 run drifted from 983 to 1718 tok/s; within one process, alternating the
+    variants round by round, each round's ratio compares runs made seconds apart."""
+    import statistics
+
+    import torch
+
+    from llama4ctl import generate
+    from llama4ctl.moe_fp8 import graph_stats
+    from llama4ctl.runner import RunRequest, generate_timed, load_for_run, load_tokenizer
+
+    models = []
+    for label, key, spec in PAIRED:
+        fp8_moe, _, rest = spec.partition(":")
+        fp8_dense, _, graphs = rest.partition(":")
+        config, _ = generate.read_config(paths[key])
+        fmt = generate.checkpoint_format(config)
+        req = RunRequest(model=paths[key], prompt="-", fp8_moe=fp8_moe, fp8_dense=fp8_dense or "bf16",
+                         cuda_graphs=graphs != "nographs", device_map="cuda", max_new_tokens=new_tokens,
+                         temperature=0, ignore_eos=True)
+        before = torch.cuda.memory_allocated()
+        loaded = load_for_run(req, config, fmt, device_map="cuda", on_cuda=True, tp=False)
+        models.append((label, loaded.model, torch.cuda.memory_allocated() - before))
+    tok = load_tokenizer(paths["bf16"])
+    vocab = models[0][1].config.get_text_config().vocab_size
+    ids = torch.randint(0, vocab - 128, (16, PROMPT_LEN), generator=torch.Generator().manual_seed(0)).cuda()
+    rates: dict[tuple[str, int], list[float]] = {}
+    for batch in (1, 16):
+        inputs = {"input_ids": ids[:batch], "attention_mask": torch.ones_like(ids[:batch])}
+        for _label, model, _w in models:  # warm-up (and graph capture) outside the timed rounds
+            generate_timed(model, inputs, tok, max_new_tokens=8, temperature=0, ignore_eos=True)
+        for r in range(rounds):
+            order = models if r % 2 == 0 else models[::-1]  # neither goes first every round
+            for label, model, _w in order:
+                res = generate_timed(model, inputs, tok, max_new_tokens=new_tokens, temperature=0, ignore_eos=True)
+                rates.setdefault((label, batch), []).append(res["tokens_per_s"])
+    base = models[0][0]
+    out = []
+    for label, model, weights in models:
+        row = {"label": label, "weights_bytes": weights, "graphs": graph_stats(model)}
+        for batch in (1, 16):
+            mine, ref = rates[(label, batch)], rates[(base, batch)]
+            row[f"b{batch}_median"] = statistics.median(mine)
+            row[f"b{batch}_min"], row[f"b{batch}_max"] = min(mine), max(mine)
+            row[f"b{batch}_ratio_median"] = statistics.median(a / b for a, b in zip(mine, ref))
+            row[f"b{batch}_ratio_min"] = min(a / b for a, b in zip(mine, ref))
+        out.append(row)
+    return {"rows": out, "rounds": rounds}
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # One MoE layer (child process)
 
 
@@ -205,6 +266,32 @@ def _child(args: list[str], timeout: float = 600) -> dict:
     return json.loads(last)
 
 
+def _report_paired(args: argparse.Namespace, shape: dict, sizes: dict, doc: dict) -> None:
+    import torch
+
+    if "error" in doc:
+        sys.exit(f"paired run failed: {doc['error']}")
+    print(f"### `run`, paired rounds — {datetime.date.today()}\n")
+    print(f"Command: `python bench/bench_run.py {' '.join(sys.argv[1:])}` on {torch.cuda.get_device_name(0)}, "
+          f"torch {torch.__version__}. Checkpoint: Maverick-shaped random "
+          f"({', '.join(f'{k}={v}' for k, v in shape.items() if k not in ('seed', 'tokenizer', 'max_shard_size'))}); "
+          f"files BF16 {sizes['bf16'] / 1e9:.2f} GB, fbgemm_fp8 {sizes['fbgemm'] / 1e9:.2f} GB. All variants in one "
+          f"process, timed in rotation ({doc['rounds']} rounds per batch size, order reversed every other round, "
+          f"{args.new_tokens} new tokens, greedy); ratio = this variant's tok/s / BF16's in the same round.\n")
+    print("| variant | tok/s b1 median (min–max) | tok/s b16 median (min–max) | b16 vs BF16: median ratio (lowest) "
+          "| b1 vs BF16 | weights GB | × BF16 | CUDA graphs |")
+    print("|---|---|---|---|---|---|---|---|")
+    bf = doc["rows"][0]["weights_bytes"]
+    for r in doc["rows"]:
+        g = r["graphs"]
+        print(f"| {r['label']} | {r['b1_median']:.1f} ({r['b1_min']:.1f}–{r['b1_max']:.1f}) | {r['b16_median']:.0f} "
+              f"({r['b16_min']:.0f}–{r['b16_max']:.0f}) | {r['b16_ratio_median']:.2f}× ({r['b16_ratio_min']:.2f}×) | "
+              f"{r['b1_ratio_median']:.2f}× | {r['weights_bytes'] / 1e9:.2f} | {r['weights_bytes'] / bf:.2f} | "
+              f"{g['captured']} captured, {g['replays']} replays |")
+    if args.out:
+        args.out.write_text(json.dumps({"paired": doc, "sizes": sizes}, indent=2, default=str))
+
+
 def _fmt(v, spec: str = ".1f", unit: str = "") -> str:
     return "-" if v is None else f"{v:{spec}}{unit}"
 
@@ -221,14 +308,20 @@ def main() -> None:
                     "these words (BF16 (transformers), the reference, always runs)")
     ap.add_argument("--tiny", action="store_true", help="a tiny checkpoint on the CPU: checks this script's plumbing "
                     "(fbgemm variants then report their CUDA error), not a benchmark")
+    ap.add_argument("--paired", type=int, metavar="ROUNDS", help="instead of one process per variant: BF16 and the "
+                    "fbgemm_fp8 fast path with and without CUDA graphs loaded in one process and timed in rotation, "
+                    "ROUNDS times at batch 1 and 16 (median and per-round ratios)")
+    ap.add_argument("--paired-child", nargs=2, metavar=("BF16", "FBGEMM"), help=argparse.SUPPRESS)
     ap.add_argument("--variant", nargs=4, metavar=("PATH", "FP8_MOE", "LOAD_IN", "DUMP"), help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     ap.add_argument("--micro", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.variant or args.micro:
+    if args.variant or args.micro or args.paired_child:
         try:
             if args.micro:
                 doc = {"rows": micro()}
+            elif args.paired_child:
+                doc = paired(dict(zip(("bf16", "fbgemm"), args.paired_child)), args.paired or 5, args.new_tokens)
             else:
                 path, fp8_moe, load_in, dump = args.variant
                 doc = variant(path, fp8_moe, None if load_in == "-" else load_in, args.new_tokens, Path(dump),
@@ -270,6 +363,10 @@ def main() -> None:
     if not (paths["ct"] / "config.json").exists() and (not args.only or any("compressed" in w for w in args.only)):
         quantize(plan_quantize(paths["bf16"], max_shard_size="1GB"), paths["ct"], device=device, overwrite=True)
     sizes = {k: sum(f.stat().st_size for f in p.glob("*.safetensors")) for k, p in paths.items()}  # 0 if skipped
+    if args.paired:
+        _report_paired(args, shape, sizes, _child(["--paired-child", str(paths["bf16"]), str(paths["fbgemm"]),
+                                                   "--paired", str(args.paired), "--new-tokens", str(args.new_tokens)]))
+        return
 
     results = []
     chosen = [v for i, v in enumerate(VARIANTS) if i == 0 or not args.only or any(w in v[0] for w in args.only)]
