@@ -122,6 +122,7 @@ PAIRED = [  # (label, checkpoint key, fp8_moe[:fp8_dense[:nographs]])
     ("BF16 (transformers)", "bf16", "off"),
     ("fbgemm_fp8 + fast FP8, no CUDA graphs", "fbgemm", "grouped:bf16:nographs"),
     ("fbgemm_fp8 + fast FP8 + CUDA graphs (default)", "fbgemm", "grouped"),
+    ("compressed-tensors FP8 + fast FP8 + CUDA graphs (default)", "ct", "grouped"),
 ]
 
 
@@ -138,6 +139,8 @@ def paired(paths: dict[str, str], rounds: int, new_tokens: int) -> dict:
 
     models = []
     for label, key, spec in PAIRED:
+        if key not in paths:
+            continue
         fp8_moe, _, rest = spec.partition(":")
         fp8_dense, _, graphs = rest.partition(":")
         config, _ = generate.read_config(paths[key])
@@ -164,7 +167,9 @@ def paired(paths: dict[str, str], rounds: int, new_tokens: int) -> dict:
     base = models[0][0]
     out = []
     for label, model, weights in models:
-        row = {"label": label, "weights_bytes": weights, "graphs": graph_stats(model)}
+        hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+        row = {"label": label, "weights_bytes": weights, "graphs": graph_stats(model), "module_hooks": hooks,
+               "modules": sum(1 for _ in model.modules())}
         for batch in (1, 16):
             mine, ref = rates[(label, batch)], rates[(base, batch)]
             row[f"b{batch}_median"] = statistics.median(mine)
@@ -275,19 +280,20 @@ def _report_paired(args: argparse.Namespace, shape: dict, sizes: dict, doc: dict
     print(f"Command: `python bench/bench_run.py {' '.join(sys.argv[1:])}` on {torch.cuda.get_device_name(0)}, "
           f"torch {torch.__version__}. Checkpoint: Maverick-shaped random "
           f"({', '.join(f'{k}={v}' for k, v in shape.items() if k not in ('seed', 'tokenizer', 'max_shard_size'))}); "
-          f"files BF16 {sizes['bf16'] / 1e9:.2f} GB, fbgemm_fp8 {sizes['fbgemm'] / 1e9:.2f} GB. All variants in one "
+          f"files BF16 {sizes['bf16'] / 1e9:.2f} GB, fbgemm_fp8 {sizes['fbgemm'] / 1e9:.2f} GB, compressed-tensors "
+          f"{sizes['ct'] / 1e9:.2f} GB. All variants in one "
           f"process, timed in rotation ({doc['rounds']} rounds per batch size, order reversed every other round, "
           f"{args.new_tokens} new tokens, greedy); ratio = this variant's tok/s / BF16's in the same round.\n")
     print("| variant | tok/s b1 median (min–max) | tok/s b16 median (min–max) | b16 vs BF16: median ratio (lowest) "
-          "| b1 vs BF16 | weights GB | × BF16 | CUDA graphs |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| b1 vs BF16 | weights GB | × BF16 | CUDA graphs | module hooks |")
+    print("|---|---|---|---|---|---|---|---|---|")
     bf = doc["rows"][0]["weights_bytes"]
     for r in doc["rows"]:
         g = r["graphs"]
         print(f"| {r['label']} | {r['b1_median']:.1f} ({r['b1_min']:.1f}–{r['b1_max']:.1f}) | {r['b16_median']:.0f} "
               f"({r['b16_min']:.0f}–{r['b16_max']:.0f}) | {r['b16_ratio_median']:.2f}× ({r['b16_ratio_min']:.2f}×) | "
               f"{r['b1_ratio_median']:.2f}× | {r['weights_bytes'] / 1e9:.2f} | {r['weights_bytes'] / bf:.2f} | "
-              f"{g['captured']} captured, {g['replays']} replays |")
+              f"{g['captured']} captured, {g['replays']} replays | {r['module_hooks']} |")
     if args.out:
         args.out.write_text(json.dumps({"paired": doc, "sizes": sizes}, indent=2, default=str))
 
@@ -309,9 +315,9 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="a tiny checkpoint on the CPU: checks this script's plumbing "
                     "(fbgemm variants then report their CUDA error), not a benchmark")
     ap.add_argument("--paired", type=int, metavar="ROUNDS", help="instead of one process per variant: BF16 and the "
-                    "fbgemm_fp8 fast path with and without CUDA graphs loaded in one process and timed in rotation, "
+                    "fbgemm_fp8 fast path with and without CUDA graphs, and compressed-tensors FP8, loaded in one process and timed in rotation, "
                     "ROUNDS times at batch 1 and 16 (median and per-round ratios)")
-    ap.add_argument("--paired-child", nargs=2, metavar=("BF16", "FBGEMM"), help=argparse.SUPPRESS)
+    ap.add_argument("--paired-child", nargs="+", metavar="PATH", help=argparse.SUPPRESS)
     ap.add_argument("--variant", nargs=4, metavar=("PATH", "FP8_MOE", "LOAD_IN", "DUMP"), help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     ap.add_argument("--micro", action="store_true", help=argparse.SUPPRESS)
@@ -321,7 +327,7 @@ def main() -> None:
             if args.micro:
                 doc = {"rows": micro()}
             elif args.paired_child:
-                doc = paired(dict(zip(("bf16", "fbgemm"), args.paired_child)), args.paired or 5, args.new_tokens)
+                doc = paired(dict(zip(("bf16", "fbgemm", "ct"), args.paired_child)), args.paired or 5, args.new_tokens)
             else:
                 path, fp8_moe, load_in, dump = args.variant
                 doc = variant(path, fp8_moe, None if load_in == "-" else load_in, args.new_tokens, Path(dump),
@@ -360,11 +366,13 @@ def main() -> None:
     if not (paths["fbgemm"] / "config.json").exists():
         quantize(plan_quantize(paths["bf16"], backend="fbgemm", max_shard_size="1GB"), paths["fbgemm"],
                  device=device, overwrite=True)
-    if not (paths["ct"] / "config.json").exists() and (not args.only or any("compressed" in w for w in args.only)):
+    if not (paths["ct"] / "config.json").exists() and \
+            (not args.only or args.paired or any("compressed" in w for w in args.only)):
         quantize(plan_quantize(paths["bf16"], max_shard_size="1GB"), paths["ct"], device=device, overwrite=True)
     sizes = {k: sum(f.stat().st_size for f in p.glob("*.safetensors")) for k, p in paths.items()}  # 0 if skipped
     if args.paired:
         _report_paired(args, shape, sizes, _child(["--paired-child", str(paths["bf16"]), str(paths["fbgemm"]),
+                                                   str(paths["ct"]),
                                                    "--paired", str(args.paired), "--new-tokens", str(args.new_tokens)]))
         return
 
