@@ -719,6 +719,35 @@ def test_gpu_bitsandbytes_4bit_generates(aligned_dir, tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_gpu_fast_moe_with_layers_spread_over_two_gpus_replays_graphs_on_each(fbgemm_dir):
+    """An fbgemm_fp8 model too big for one GPU is spread layer by layer (device_map): each MoE layer captures and
+    replays its graphs on its own GPU, and greedy tokens equal the eager run's."""
+    from llama4ctl import generate
+    from llama4ctl.moe_fp8 import Fp8Llama4TextMoe, convert_model, graph_stats, grouped_mm_supported
+    from llama4ctl.runner import generate_timed, load_tokenizer
+
+    if not grouped_mm_supported("cuda"):
+        pytest.skip("torch._scaled_grouped_mm needs compute capability 9.0 or 10.0")
+    config, _ = generate.read_config(str(fbgemm_dir))
+    layers = config["num_hidden_layers"]
+    split = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.norm": 1, "lm_head": 1,
+             **{f"model.layers.{i}": (0 if i < layers // 2 else 1) for i in range(layers)}}
+    tok = load_tokenizer(str(fbgemm_dir))
+    runs = {}
+    for graphs in (True, False):
+        model = generate.load_model(str(fbgemm_dir), config, device_map=split)
+        convert_model(model, cuda_graphs=graphs)
+        devices = {m.experts.w13.device.index for m in model.modules() if isinstance(m, Fp8Llama4TextMoe)}
+        assert devices == {0, 1}
+        ids = tok(PROMPT, return_tensors="pt").to("cuda:0")
+        runs[graphs] = generate_timed(model, dict(ids), tok, max_new_tokens=12, temperature=0, ignore_eos=True)
+        stats = graph_stats(model)
+        assert stats["disabled"] is None and stats["captured"] == (len(config["moe_layers"]) if graphs else 0), stats
+    assert runs[True]["token_ids"] == runs[False]["token_ids"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 def test_gpu_torchrun_tensor_parallel_two_gpus(text_only_dir):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
            "llama4ctl", "run", str(text_only_dir), "--prompt", PROMPT, "--max-new-tokens", "8", "--temperature", "0",
