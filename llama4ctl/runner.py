@@ -472,10 +472,6 @@ def run(req: RunRequest, *, on_text: Callable[[str], None] | None = None,
     config, _ = generate.read_config(req.model, revision=req.revision, token=req.token)
     fmt = generate.checkpoint_format(config)
     device_map, on_cuda = placement(req.device_map, tensor_parallel=tp)
-    if req.load_in == "fp8" and device_map == "auto":
-        # the load-time FP8 path runs on one GPU: spreading layers over several hit illegal memory accesses
-        # in the FP8 kernels on a 2×H200 host, so place the model on the current GPU
-        device_map = "cuda"
     for warning in generate.check_environment(fmt, load_in=req.load_in, on_cuda=on_cuda):
         note(warning)
     if tp and req.device_map != "auto":

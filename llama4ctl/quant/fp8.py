@@ -39,7 +39,8 @@ def fbgemm_rowwise(w: torch.Tensor, *, use_kernel: bool = True) -> tuple[torch.T
 
     kernel = fbgemm_kernel() if use_kernel and w.is_cuda else None
     if kernel is not None:
-        q, scale = kernel(w.to(torch.bfloat16).contiguous())
+        with torch.cuda.device(w.device):  # fbgemm launches on the current device, not the tensor's
+            q, scale = kernel(w.to(torch.bfloat16).contiguous())
         return q, scale.float()
     x = w.float()
     scale = (x.abs().amax(dim=-1) / FP8_MAX).clamp(min=FBGEMM_MIN_SCALE)

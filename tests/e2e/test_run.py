@@ -729,21 +729,58 @@ def test_gpu_fast_moe_with_layers_spread_over_two_gpus_replays_graphs_on_each(fb
     if not grouped_mm_supported("cuda"):
         pytest.skip("torch._scaled_grouped_mm needs compute capability 9.0 or 10.0")
     config, _ = generate.read_config(str(fbgemm_dir))
-    layers = config["num_hidden_layers"]
-    split = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.norm": 1, "lm_head": 1,
-             **{f"model.layers.{i}": (0 if i < layers // 2 else 1) for i in range(layers)}}
+    split = _two_gpu_split(config)
     tok = load_tokenizer(str(fbgemm_dir))
     runs = {}
     for graphs in (True, False):
         model = generate.load_model(str(fbgemm_dir), config, device_map=split)
         convert_model(model, cuda_graphs=graphs)
-        devices = {m.experts.w13.device.index for m in model.modules() if isinstance(m, Fp8Llama4TextMoe)}
-        assert devices == {0, 1}
-        ids = tok(PROMPT, return_tensors="pt").to("cuda:0")
-        runs[graphs] = generate_timed(model, dict(ids), tok, max_new_tokens=12, temperature=0, ignore_eos=True)
-        stats = graph_stats(model)
-        assert stats["disabled"] is None and stats["captured"] == (len(config["moe_layers"]) if graphs else 0), stats
+        _assert_on_both_gpus_and_generates(model, tok, config, graphs, runs)
     assert runs[True]["token_ids"] == runs[False]["token_ids"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_gpu_load_in_fp8_with_layers_spread_over_two_gpus(text_only_dir):
+    """--load-in fp8 quantizes each MoE layer's experts on the GPU that holds them (fbgemm's kernels launch on the
+    current device, so the quantizer switches to the tensor's), and generates the same greedy tokens as on one GPU."""
+    from llama4ctl import generate
+    from llama4ctl.moe_fp8 import convert_model, grouped_mm_supported
+    from llama4ctl.runner import generate_timed, load_tokenizer
+
+    if not grouped_mm_supported("cuda"):
+        pytest.skip("torch._scaled_grouped_mm needs compute capability 9.0 or 10.0")
+    config, _ = generate.read_config(str(text_only_dir))
+    tok = load_tokenizer(str(text_only_dir))
+    runs = {}
+    for where in ("spread", "one"):
+        model = generate.load_model(str(text_only_dir), config,
+                                    device_map=_two_gpu_split(config) if where == "spread" else "cuda:0")
+        convert_model(model, quantize_bf16=True)
+        if where == "spread":
+            _assert_on_both_gpus_and_generates(model, tok, config, True, runs)
+        else:
+            ids = tok(PROMPT, return_tensors="pt").to("cuda:0")
+            runs[where] = generate_timed(model, dict(ids), tok, max_new_tokens=12, temperature=0, ignore_eos=True)
+    assert runs[True]["token_ids"] == runs["one"]["token_ids"]
+
+
+def _two_gpu_split(config: dict) -> dict:
+    layers = config["num_hidden_layers"]
+    return {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.norm": 1, "lm_head": 1,
+            **{f"model.layers.{i}": (0 if i < layers // 2 else 1) for i in range(layers)}}
+
+
+def _assert_on_both_gpus_and_generates(model, tok, config, graphs: bool, runs: dict) -> None:
+    from llama4ctl.moe_fp8 import Fp8Llama4TextMoe, graph_stats
+    from llama4ctl.runner import generate_timed
+
+    devices = {m.experts.w13.device.index for m in model.modules() if isinstance(m, Fp8Llama4TextMoe)}
+    assert devices == {0, 1}
+    ids = tok(PROMPT, return_tensors="pt").to("cuda:0")
+    runs[graphs] = generate_timed(model, dict(ids), tok, max_new_tokens=12, temperature=0, ignore_eos=True)
+    stats = graph_stats(model)
+    assert stats["disabled"] is None and stats["captured"] == (len(config["moe_layers"]) if graphs else 0), stats
 
 
 @pytest.mark.gpu
