@@ -160,6 +160,11 @@ def quantize(plan: Plan, dst: str | Path, *, device: str = "auto", workers: int 
 
     import threading
 
+    if resume and not overwrite and (Path(dst) / "llama4ctl.json").is_file():
+        # a finished output: say so (or refuse it if made with other options) before torch is imported (~2 s)
+        res = execute_plan(plan, dst, resume=True, progress=progress, command=command)
+        if res["already_complete"]:
+            return {**res, "devices": []}
     devices = resolve_devices(device)
     report: dict[str, Any] = {}
     warm_up = threading.Thread(target=plan.format.warm_up, daemon=True)

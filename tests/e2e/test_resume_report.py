@@ -49,3 +49,16 @@ def test_resume_on_a_complete_output_made_otherwise_is_refused(maverick_dir, tmp
     assert same["already_complete"]
     with pytest.raises(OutputError, match="different source or different options"):
         quantize(plan_quantize(maverick_dir, scheme="FP8_BLOCK"), tmp_path / "out", device="cpu", resume=True)
+
+
+def test_resume_on_a_finished_output_answers_without_importing_torch(maverick_dir, tmp_path):
+    """A release pipeline re-runs every step; a finished quantize must answer at once (torch costs ~2 s to import)."""
+    import subprocess
+    import sys
+
+    quantize(plan_quantize(maverick_dir), tmp_path / "out", device="cpu")
+    probe = ("import sys; from llama4ctl.jobs import plan_quantize, quantize; "
+             f"r = quantize(plan_quantize({str(maverick_dir)!r}), {str(tmp_path / 'out')!r}, resume=True); "
+             "print(r['already_complete'], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False"]
