@@ -686,12 +686,19 @@ def dedup_estimate(base_dir: str | os.PathLike, derived_dir: str | os.PathLike, 
     ``derived_dir``'s files, push's ignore rules), or None when more than ``max_read_bytes`` would have to be
     read because the indexes are not cached (run ``llama4ctl dedup-report BASE DERIVED`` first: it fills the
     cache and a later push then costs only cache loads). No attribution, no file hashes, no Hub access.
+
+    ``base_chunker`` None: the chunker the base's cached index was made with, when the cache holds the base
+    under one chunker only (a `dedup-report --base-chunker legacy` run before the push decides it), else
+    ``chunker``; the card then states the same reuse as that report.
     """
     ck = _checked_chunker(chunker, "chunker")
-    bck = _checked_chunker(base_chunker or chunker, "base_chunker")
     base_root, der_root = Path(base_dir), Path(derived_dir)
     base_files, der_files = list_files(base_root), list_files(der_root)
     cdir = Path(cache_dir) if cache_dir else default_cache_dir()
+    if base_chunker is None:
+        cached = [c for c in CHUNKERS if base_files and all(cache_path(p, c, cdir).exists() for _, p in base_files)]
+        base_chunker = cached[0] if len(cached) == 1 else chunker
+    bck = _checked_chunker(base_chunker, "base_chunker")
     if max_read_bytes is not None:
         todo = sum(p.stat().st_size for files, c in ((base_files, bck), (der_files, ck)) for _, p in files
                    if not cache_path(p, c, cdir).exists())

@@ -264,6 +264,23 @@ def test_dedup_estimate_for_the_model_card(tmp_path):
     assert f"{est['reuse_pct']:.1f}% of" in card and "Storage dedup estimate" in card
 
 
+def test_card_estimate_uses_the_base_chunker_of_the_earlier_dedup_report(tmp_path):
+    """Llama 4 bases were uploaded with the legacy chunker: after `dedup-report --base-chunker legacy` the card
+    must state the reuse that report measured, not one against a base re-chunked with the current chunker."""
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "w.bin").write_bytes(rand(1 << 20, 3))
+    der = tmp_path / "der"
+    der.mkdir()
+    (der / "w.bin").write_bytes(rand(1 << 20, 3)[: 768 * KIB] + rand(256 * KIB, 4))
+    cache = tmp_path / "c"
+    legacy = rep.dedup_estimate(base, der, cache_dir=cache, base_chunker="legacy")  # fills the legacy base index
+    current = rep.dedup_estimate(base, der, cache_dir=tmp_path / "other", base_chunker="current")
+    assert legacy["reuse_pct"] != current["reuse_pct"]  # the two chunkers cut the base differently
+    auto = rep.dedup_estimate(base, der, cache_dir=cache, max_read_bytes=0)
+    assert auto == legacy and auto["base_chunker"] == "legacy"
+
+
 # ------------------------------------------------------------------------------------------------ exact
 
 
