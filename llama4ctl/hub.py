@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llama4ctl.checkpoint.checkpoint import EXTRA_FILE_NAMES, INDEX_FILE, PICKLE_SUFFIXES, Checkpoint
-from llama4ctl.checkpoint.header import TensorRef
-from llama4ctl.checkpoint.layout import COMPONENTS, component, normalize_config
+from llama4ctl.checkpoint.checkpoint import (INDEX_FILE, PICKLE_SUFFIXES, SINGLE_FILE, Checkpoint, read_config,
+                                             read_index)
+from llama4ctl.checkpoint.header import Header, TensorRef, header_length, parse_header_bytes, short_repr
+from llama4ctl.checkpoint.layout import COMPONENTS, component
 from llama4ctl.errors import CheckpointError, HubError, PlanError
 from llama4ctl.progress import NullProgress, Progress
 
@@ -160,36 +161,106 @@ def _api(token: str | None) -> Any:
 
 
 def remote_checkpoint(repo_id: str, *, revision: str | None = None, token: str | None = None) -> Checkpoint:
-    """Headers only: tensor names, dtypes, shapes and byte ranges via HTTP range requests; no weights."""
-    from huggingface_hub import hf_hub_download
+    """Headers only (no weights), read by HTTP range requests and checked by llama4ctl's own parsers, so a
+    hostile repo fails with the same one-line error as the same files on disk."""
+    from huggingface_hub import errors, hf_hub_download
 
-    api = _api(token)
-    try:
-        meta = api.get_safetensors_metadata(repo_id, revision=revision)
+    def small_file(name: str) -> Path | None:
         try:
-            config_path = hf_hub_download(repo_id, "config.json", revision=revision, token=token)
-            config, notes = normalize_config(json.loads(Path(config_path).read_text()))
-        except Exception as e:  # noqa: BLE001 - config is optional for inspection
-            from huggingface_hub import errors
+            return Path(_retrying(lambda: hf_hub_download(repo_id, name, revision=revision, token=token)))
+        except errors.RemoteEntryNotFoundError:
+            return None
 
-            if not isinstance(e, errors.EntryNotFoundError):
-                raise
-            config, notes = None, []
-    except HubError:
+    def header(shard: str) -> Header:
+        try:
+            return _remote_header(repo_id, shard, revision=revision, token=token)
+        except errors.RemoteEntryNotFoundError:
+            if index is None:
+                raise HubError(f"not a safetensors repo: no {INDEX_FILE} or {SINGLE_FILE}", repo_id) from None
+            raise CheckpointError(f"shard {short_repr(shard)} named in the index does not exist",
+                                  f"{repo_id}/{INDEX_FILE}") from None
+
+    try:
+        index = small_file(INDEX_FILE)
+        if index is not None:
+            shards, weight_map = _as_remote(read_index, index, repo_id)
+        else:
+            shards, weight_map = [SINGLE_FILE], None
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(shards)))) as pool:
+            headers = list(pool.map(header, shards))
+        config_file = small_file("config.json")
+        config, notes = _as_remote(read_config, config_file.parent, repo_id) if config_file else (None, [])
+    except (HubError, CheckpointError):
         raise
     except Exception as e:  # noqa: BLE001
         raise _hub_error(e, repo_id, token=token) from None
 
     tensors: list[TensorRef] = []
-    shards = sorted(meta.files_metadata)
-    for shard in shards:
-        fm = meta.files_metadata[shard]
-        for name, info in sorted(fm.tensors.items(), key=lambda kv: kv[1].data_offsets[0]):
-            begin, end = info.data_offsets
-            tensors.append(TensorRef(name, info.dtype, tuple(info.shape), Path(shard), begin, end))
+    seen: dict[str, str] = {}
+    for shard, header in zip(shards, headers):
+        for t in header.tensors:
+            if t.name in seen:
+                raise CheckpointError(f"tensor {short_repr(t.name)} appears in two shards: {seen[t.name]} and {shard}",
+                                      header.path)
+            seen[t.name] = shard
+        tensors.extend(header.tensors)
+    if weight_map is not None and weight_map != seen:
+        name = next(n for n in sorted(weight_map.keys() | seen.keys()) if weight_map.get(n) != seen.get(n))
+        raise CheckpointError(f"the index maps tensor {short_repr(name)} to {short_repr(weight_map.get(name))} but "
+                              f"it is in {short_repr(seen.get(name))}", f"{repo_id}/{INDEX_FILE}")
     return Checkpoint(repo_id, None, tuple(tensors), tuple(shards), config, tuple(notes),
-                      tuple(n for n in EXTRA_FILE_NAMES if n == "config.json" and config is not None),
-                      revision=revision)
+                      ("config.json",) if config is not None else (), revision=revision,
+                      shard_sizes={s: h.file_size for s, h in zip(shards, headers) if h.file_size})
+
+
+def _as_remote(read: Callable[[Path], Any], local: Path, repo_id: str) -> Any:
+    """read(local) for a file fetched into the cache; a CheckpointError names the repo file, not the cache path."""
+    try:
+        return read(local)
+    except CheckpointError as e:
+        raise CheckpointError(e.message, f"{repo_id}/{Path(e.path or '').name}", e.hint) from None
+
+
+def _remote_header(repo_id: str, shard: str, *, revision: str | None, token: str | None) -> Header:
+    """One shard's header in two range requests (the 8-byte length, then the header), parsed like a local file's."""
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    from llama4ctl import __version__
+
+    url = hf_hub_url(repo_id, shard, revision=revision)
+    headers = build_hf_headers(token=token, library_name="llama4ctl", library_version=__version__)
+    path = Path(f"{repo_id}/{shard}")
+    prefix, size = _retrying(lambda: _read_range(url, headers, 0, 8))
+    n = header_length(prefix, path=path, file_size=size)
+    raw = _retrying(lambda: _read_range(url, headers, 8, n))[0] if n else b""
+    if len(raw) != n:  # the server gave no size, so header_length could not tell
+        raise CheckpointError(f"header length {n} runs past the end of the file ({8 + len(raw)} bytes)", path)
+    return parse_header_bytes(raw, path=path, file_size=size)
+
+
+def _read_range(url: str, headers: dict[str, str], start: int, length: int) -> tuple[bytes, int | None]:
+    """Bytes [start, start + length) of a Hub file (fewer when it ends first) and its size when the server says.
+
+    Streamed, so a server that ignores Range (200, whole file) is read only as far as needed.
+    """
+    from huggingface_hub import constants, get_session
+    from huggingface_hub.utils import hf_raise_for_status
+
+    wanted = {**headers, "Range": f"bytes={start}-{start + length - 1}"}
+    with get_session().stream("GET", url, headers=wanted, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as r:
+        total = r.headers.get("Content-Range", "").rpartition("/")[2]
+        size = int(total) if total.isdigit() else None
+        if r.status_code == 416:  # the file ends before `start`
+            return b"", size
+        hf_raise_for_status(r)
+        skip = start if r.status_code == 200 else 0
+        data = bytearray()
+        for chunk in r.iter_bytes():
+            data += chunk
+            if len(data) >= skip + length:
+                break
+    return bytes(data[skip:skip + length]), size
 
 
 # ------------------------------------------------------------------------------------------ download

@@ -1,6 +1,6 @@
 """A small Hugging Face Hub look-alike on 127.0.0.1 for offline download/push tests.
 
-Implements only what huggingface_hub 1.x calls for snapshot_download / hf_hub_download / get_safetensors_metadata /
+Implements only what huggingface_hub 1.x calls for snapshot_download / hf_hub_download / ranged header reads /
 create_repo / create_branch / upload_folder (legacy LFS path: run clients with HF_HUB_DISABLE_XET=1):
 
   GET  /api/models/{repo}[/revision/{rev}]          repo info (id, sha, siblings, gated, private)

@@ -89,13 +89,13 @@ class Checkpoint:
             if p.suffix != ".safetensors":
                 raise CheckpointError("not a checkpoint directory or .safetensors file", p)
             header = read_header(p)
-            config, notes = _read_config(p.parent)
+            config, notes = read_config(p.parent)
             return cls(str(path), p.parent, header.tensors, (p.name,), config, tuple(notes),
                        shard_sizes={p.name: header.file_size})
 
         index_path = p / INDEX_FILE
         if index_path.exists():
-            shard_names, weight_map = _read_index(index_path)
+            shard_names, weight_map = read_index(index_path)
         elif (p / SINGLE_FILE).exists():
             shard_names, weight_map = [SINGLE_FILE], None
         else:
@@ -137,7 +137,7 @@ class Checkpoint:
                 if seen.get(name) != shard:
                     raise CheckpointError(f"tensor {short_repr(name)} is not in its shard {shard}", p / shard)
 
-        config, notes = _read_config(p)
+        config, notes = read_config(p)
         extras = tuple(n for n in EXTRA_FILE_NAMES if (p / n).is_file())
         return cls(str(path), p, tuple(tensors), tuple(shard_names), config, tuple(notes), extras,
                    shard_sizes=sizes)
@@ -164,7 +164,8 @@ def _read_json(path: Path, what: str) -> Any:
     return load_json(raw, what=what, path=path)
 
 
-def _read_index(index_path: Path) -> tuple[list[str], dict[str, str]]:
+def read_index(index_path: Path) -> tuple[list[str], dict[str, str]]:
+    """(sorted shard names, weight_map) from a model.safetensors.index.json, refusing names that leave the folder."""
     doc = _read_json(index_path, "index")
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not all(
@@ -193,7 +194,8 @@ def _check_shard_name(shard: str, index_path: Path) -> None:
         raise CheckpointError(f"index names shard {short_repr(shard)}, which is not a .safetensors file", index_path)
 
 
-def _read_config(root: Path) -> tuple[dict[str, Any] | None, list[str]]:
+def read_config(root: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """(normalized config, notes) from root/config.json, or (None, []) when there is none."""
     path = root / "config.json"
     if not path.is_file():
         return None, []

@@ -78,20 +78,29 @@ def read_header(path: str | Path) -> Header:
     try:
         with open(path, "rb") as f:
             file_size = os.fstat(f.fileno()).st_size
-            prefix = f.read(8)
-            if len(prefix) < 8:
-                raise CheckpointError(f"not a safetensors file: {file_size} bytes, too short for a header", path)
-            (n,) = struct.unpack("<Q", prefix)
-            if n > MAX_HEADER_BYTES:
-                raise CheckpointError(f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit", path)
-            if 8 + n > file_size:
-                raise CheckpointError(f"header length {n} runs past the end of the file ({file_size} bytes)", path)
+            n = header_length(f.read(8), path=path, file_size=file_size)
             raw = f.read(n)
     except OSError as e:
         raise CheckpointError(f"cannot read: {e.strerror or e}", path) from None
     if len(raw) != n:
         raise CheckpointError(f"file ended while reading its {n}-byte header (changed while being read?)", path)
     return parse_header_bytes(raw, path=path, file_size=file_size)
+
+
+def header_length(prefix: bytes, *, path: str | Path, file_size: int | None) -> int:
+    """The header length from a file's first 8 bytes, checked before anything is allocated for the header.
+
+    Shared by local files and Hub files (where `file_size` is None when the server does not say it).
+    """
+    if len(prefix) < 8:
+        size = file_size if file_size is not None else len(prefix)
+        raise CheckpointError(f"not a safetensors file: {size} bytes, too short for a header", path)
+    (n,) = struct.unpack("<Q", prefix[:8])
+    if n > MAX_HEADER_BYTES:
+        raise CheckpointError(f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit", path)
+    if file_size is not None and 8 + n > file_size:
+        raise CheckpointError(f"header length {n} runs past the end of the file ({file_size} bytes)", path)
+    return n
 
 
 class _Invalid(ValueError):

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import typer
 
-from llama4ctl.cli._output import Output
+from llama4ctl.cli._output import Output, printable
 from llama4ctl.errors import Llama4ctlError, NotBuiltError
 from llama4ctl.schemas import error_document
 
@@ -54,8 +54,9 @@ def handled(out: Output) -> Iterator[None]:
             out.stdout.write(json.dumps(error_document(message, path, hint)) + "\n")
         from rich.markup import escape
 
-        line = " ".join((f"{path}: {message}" if path else message).splitlines())
-        out.console.print(f"[red]Error:[/red] {escape(line)}", markup=True, highlight=False)  # names from files
+        # paths and messages quote names from files: no markup, no line breaks, no terminal controls
+        line = printable(" ".join((f"{path}: {message}" if path else message).splitlines()))
+        out.console.print(f"[red]Error:[/red] {escape(line)}", markup=True, highlight=False)
         if hint:
-            out.console.print(f"Hint: {escape(hint)}")
+            out.console.print(f"Hint: {escape(printable(hint))}")
         raise typer.Exit(code) from None

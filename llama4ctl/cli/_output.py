@@ -11,6 +11,15 @@ from llama4ctl.progress import NullProgress, Progress
 from llama4ctl.units import human_size  # noqa: F401  (re-exported for the command modules)
 
 
+def printable(text: str) -> str:
+    """`text` safe for a terminal: names from files may hold ESC, CR, BEL, other C0/C1 controls or bidi overrides
+    that would rewrite or reorder what the user sees; those (whatever str.isprintable refuses) become Python
+    escapes such as \\x1b or \\u202e."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class Output:
     def __init__(self, *, json_mode: bool = False, quiet: bool = False, debug: bool = False):
         self.json_mode, self.quiet, self.debug = json_mode, quiet, debug

@@ -8,7 +8,7 @@ import typer
 
 from llama4ctl.cli._errors import handled
 from llama4ctl.cli._options import DebugOpt, JsonOpt, QuietOpt, RevisionOpt, TokenOpt
-from llama4ctl.cli._output import Output, human_size
+from llama4ctl.cli._output import Output, human_size, printable
 
 
 def inspect_cmd(
@@ -35,22 +35,26 @@ def render(console: Any, doc: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    def shown(text: str) -> str:
+        """Text from the checkpoint (names, config values) as literal, inert characters: no markup, no controls."""
+        return escape(printable(text))
+
     q = doc["quantization"]
     quant = q["format"] + (f" ({q['scheme']})" if q.get("scheme") else "")
     if q.get("bits_per_weight"):
         quant += f", {q['bits_per_weight']:.2f} bits/weight"
-    console.print(f"[bold]{escape(doc['source'])}[/bold]")
+    console.print(f"[bold]{shown(doc['source'])}[/bold]")
     console.print(
         f"family {doc['family']} · {doc['architecture']} · {doc['num_parameters']:,} parameters · "
         f"{human_size(doc['total_bytes'])} in {doc['shards']} shard(s) · {doc['num_tensors']} tensors"
     )
     console.print(
         f"experts {doc['num_experts']} ({doc['expert_layout']}) · MoE layers {doc['moe_layers']} · "
-        f"NoPE layers {doc['nope_layers']} · quantization {quant} · dtypes "
+        f"NoPE layers {doc['nope_layers']} · quantization {shown(quant)} · dtypes "
         + ", ".join(f"{k} {human_size(v)}" for k, v in doc["dtypes"].items())
     )
     for note in doc["config_notes"]:
-        console.print(f"config note: {escape(note)}")
+        console.print(f"config note: {shown(note)}")
     table = Table(title="parameters by component", title_justify="left")
     table.add_column("component")
     table.add_column("parameters", justify="right")
@@ -75,5 +79,5 @@ def render(console: Any, doc: dict[str, Any]) -> None:
         for col in ("name", "component", "dtype", "shape", "shard"):
             tt.add_column(col)
         for t in doc["tensors"]:
-            tt.add_row(escape(t["name"]), t["component"], t["dtype"], str(t["shape"]), escape(t["shard"]))
+            tt.add_row(shown(t["name"]), t["component"], t["dtype"], str(t["shape"]), shown(t["shard"]))
         console.print(tt)

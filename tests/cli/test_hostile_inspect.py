@@ -100,3 +100,55 @@ def test_names_with_markup_are_listed_literally(tmp_path):
     r = CliRunner().invoke(app, ["inspect", str(path), "--tensors"])
     assert r.exit_code == 0, r.stderr
     assert "[/]x[bold]" in r.stderr
+
+
+#: ESC (a CSI sequence that clears the screen), CR, BEL, an OSC title sequence, C1 CSI, bidi overrides/isolates
+CONTROL_NAMES = ["a\x1b[2Jb", "line\rover", "bell\x07", "\x1b]0;title\x07x", "c1\x9b31m", "right\u202etxt.exe",
+                 "iso\u2066late\u2069", "sep\u2028x"]
+
+
+def _unsafe(text: str) -> list[str]:
+    """Characters a terminal would act on rather than show (newlines between lines are fine)."""
+    return [c for c in text if not c.isprintable() and c != "\n"]
+
+
+def _file_with_names(path: Path, names: list[str]) -> Path:
+    header = {n: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i, n in enumerate(names)}
+    path.write_bytes(fuzzkit.join(json.dumps(header).encode(), b"\0" * 4 * len(names)))
+    return path
+
+
+def test_control_characters_in_tensor_names_are_escaped_in_the_listing(tmp_path):
+    path = _file_with_names(tmp_path / "names.safetensors", CONTROL_NAMES)
+    r = CliRunner().invoke(app, ["inspect", str(path), "--tensors"], env={"COLUMNS": "300", "NO_COLOR": "1"})
+    assert r.exit_code == 0, r.stderr
+    assert _unsafe(r.stderr) == []
+    for shown in (r"a\x1b[2Jb", r"line\rover", r"bell\x07", r"\x1b]0;title\x07x", r"c1\x9b31m", r"right\u202etxt.exe",
+                  r"iso\u2066late\u2069", r"sep\u2028x"):
+        assert shown in r.stderr
+
+
+def test_json_output_keeps_control_characters_in_tensor_names_exactly(tmp_path):
+    path = _file_with_names(tmp_path / "names.safetensors", CONTROL_NAMES)
+    r = CliRunner().invoke(app, ["inspect", str(path), "--tensors", "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert _unsafe(r.stdout) == []  # JSON escapes them on the wire
+    assert sorted(t["name"] for t in json.loads(r.stdout)["tensors"]) == sorted(CONTROL_NAMES)
+
+
+def test_control_characters_from_files_are_escaped_in_error_lines(tmp_path):
+    """The index names a shard whose name carries ESC and a bidi override; the error quotes that name twice
+    (in the path and in the message) and must still be one inert line."""
+    root = tmp_path / "ckpt"
+    root.mkdir()
+    shard = "evil\x1b]0;pwned\x07\u202e.safetensors"
+    _file_with_names(root / shard, ["a"])
+    (root / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": shard, "b": shard}}))
+    r = CliRunner().invoke(app, ["inspect", str(root)])
+    assert r.exit_code == 1
+    check_cli(r.exit_code, r.stdout, r.stderr, json_mode=False)
+    assert _unsafe(r.stderr) == []
+    assert r"evil\x1b]0;pwned\x07\u202e.safetensors" in r.stderr
+    r = CliRunner().invoke(app, ["inspect", str(root), "--json"])
+    error = json.loads(r.stdout)["error"]
+    assert shard in error["message"] and error["path"] == str(root / shard)

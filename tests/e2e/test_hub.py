@@ -232,6 +232,58 @@ def test_inspect_reads_only_headers_from_the_hub(hub, run, repo_files):
     assert shard_gets and all(q["range"] for q in shard_gets)
 
 
+def test_inspect_of_a_hub_repo_matches_the_local_copy_from_two_range_requests_per_shard(hub, run, repo_files,
+                                                                                      scout_dir):
+    hub.add_repo(REPO, repo_files)
+    remote = run("inspect", REPO, "--tensors", "--json")
+    local = run("inspect", scout_dir, "--tensors", "--json")
+    assert remote.returncode == 0 and local.returncode == 0, remote.stderr + local.stderr
+    assert {**_doc(remote), "source": None} == {**_doc(local), "source": None}
+    shards = sorted(name for name in repo_files if name.endswith(".safetensors"))
+    for shard in shards:
+        n = int.from_bytes(repo_files[shard][:8], "little")
+        ranges = [q["range"] for q in hub.requests if q["method"] == "GET" and q.get("file") == shard]
+        assert ranges == ["bytes=0-7", f"bytes=8-{n + 7}"], (shard, ranges)
+
+
+def _header(doc: bytes | str) -> bytes:
+    raw = doc.encode() if isinstance(doc, str) else doc
+    return len(raw).to_bytes(8, "little") + raw
+
+
+_F32X2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+HOSTILE_REPOS = {
+    "header-past-the-end": {"model.safetensors": (10**6).to_bytes(8, "little") + b'{"x":1}'},
+    "overlapping-offsets": {"model.safetensors": _header(json.dumps(
+        {"a": _F32X2, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})) + bytes(12)},
+    "not-json": {"model.safetensors": _header(b'{"a": {"dtype": F32}}') + bytes(8)},
+    "trailing-bytes": {"model.safetensors": _header(json.dumps({"a": _F32X2})) + bytes(8 + 100)},
+    "index-names-a-missing-shard": {
+        "model.safetensors.index.json": json.dumps({"weight_map": {"a": "model-00001-of-00001.safetensors"}}).encode()},
+    "index-escapes-the-repo": {
+        "model.safetensors.index.json": json.dumps({"weight_map": {"a": "../model.safetensors"}}).encode(),
+        "model.safetensors": _header(json.dumps({"a": _F32X2})) + bytes(8)},
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_REPOS))
+def test_hostile_hub_repo_fails_in_one_line_naming_the_file_like_the_local_copy(hub, run, tmp_path, case):
+    files = HOSTILE_REPOS[case]
+    hub.add_repo(REPO, files)
+    local_dir = tmp_path / "local"
+    local_dir.mkdir()
+    for name, data in files.items():
+        (local_dir / name).write_bytes(data)
+    human = run("inspect", REPO)
+    assert human.returncode == 1 and human.stdout == "" and "Traceback" not in human.stderr, human.stderr
+    remote, local = _doc(run("inspect", REPO, "--json"))["error"], _doc(run("inspect", local_dir, "--json"))["error"]
+    # the same problem, worded the same, as for the files on disk; only where the file lives differs
+    assert remote["message"] == local["message"]
+    assert remote["path"] == f"{REPO}/{Path(local['path']).name}"
+    assert remote["path"].startswith(f"{REPO}/model.safetensors")
+    assert human.stderr.splitlines() == [f"Error: {remote['path']}: {remote['message']}"]
+
+
 def test_xet_hashes_are_checked_with_the_xet_hasher(hub, run, repo_files, tmp_path, scout_dir):
     pytest.importorskip("llama4ctl.xet.hashing")
     hf_xet = pytest.importorskip("hf_xet")
