@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from llama4ctl import tp
 from llama4ctl.quant.fp8 import dequantize_block, dequantize_rowwise
 
 
@@ -35,20 +36,46 @@ def _bf16_weight(module: nn.Module) -> torch.Tensor:
     raise ValueError(f"unsupported FP8 weight scale shape {tuple(s.shape)} for a [{out_f}, {in_f}] weight")
 
 
-def dense_to_bf16(model: nn.Module) -> dict[str, Any]:
-    """Replace every FP8 dense Linear with a BF16 nn.Linear holding the dequantized weight, one layer at a time.
+def _bf16_shard(module: nn.Module) -> torch.Tensor:
+    """This rank's part of a tensor-parallel FP8 weight, dequantized with the rows/blocks of the scale it covers
+    (the scale is gathered whole first: a scale split like a size-1 dim can leave a rank with none of it)."""
+    w, scale = tp.local(module.weight), tp.full(module.weight_scale).float()
+    out_f, in_f = module.weight.shape
+    row0, col0 = tp.local_offsets(module.weight)
+    rows = torch.arange(row0, row0 + w.shape[0], device=w.device)
+    if tuple(scale.shape) == (out_f, 1):
+        grid = scale[rows]
+    elif tuple(scale.shape) == (-(-out_f // 128), -(-in_f // 128)):
+        cols = torch.arange(col0, col0 + w.shape[1], device=w.device)
+        grid = scale[rows // 128][:, cols // 128]
+    else:
+        raise ValueError(f"unsupported FP8 weight scale shape {tuple(scale.shape)} for a [{out_f}, {in_f}] weight")
+    return (w.float() * grid).to(torch.bfloat16)
 
-    Returns {"layers": count, "bytes_added": extra weight bytes}."""
+
+def dense_to_bf16(model: nn.Module) -> dict[str, Any]:
+    """Replace every FP8 dense Linear with a BF16 nn.Linear holding the dequantized weight, one layer at a time;
+    under tensor parallel, with a `tp.ShardedLinear` holding this rank's shard.
+
+    Returns {"layers": count, "bytes_added": extra weight bytes (this rank's)}."""
     todo = [(name, m) for name, m in model.named_modules() if is_fp8_dense(m)]
     added = 0
     with torch.no_grad():
         for name, old in todo:
-            weight = _bf16_weight(old)
-            new = nn.Linear(old.in_features, old.out_features, bias=old.bias is not None, device="meta")
-            new.weight = nn.Parameter(weight, requires_grad=False)
-            if old.bias is not None:
-                new.bias = nn.Parameter(old.bias.detach().to(torch.bfloat16), requires_grad=False)
-            added += weight.nbytes - old.weight.nbytes - old.weight_scale.nbytes
+            split = tp.linear_split(old.weight)
+            if split is None:
+                weight = _bf16_weight(old) if not tp.is_distributed(old.weight) else _bf16_shard(old)
+                new = nn.Linear(old.in_features, old.out_features, bias=old.bias is not None, device="meta")
+                new.weight = nn.Parameter(weight, requires_grad=False)
+                if old.bias is not None:
+                    new.bias = nn.Parameter(tp.full(old.bias).detach().to(torch.bfloat16), requires_grad=False)
+            else:
+                weight = _bf16_shard(old)
+                bias = None
+                if old.bias is not None:
+                    bias = (tp.local(old.bias) if split == "out" else tp.full(old.bias)).detach().to(torch.bfloat16)
+                new = tp.ShardedLinear(weight, bias, split=split, process_group=tp.group(old.weight))
+            added += weight.nbytes - tp.local(old.weight).nbytes - tp.local(old.weight_scale).nbytes
             model.set_submodule(name, new)
     if todo:
         import gc

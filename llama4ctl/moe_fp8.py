@@ -23,7 +23,9 @@ Backends for the two grouped GEMMs (`Fp8GroupedExperts.backend`):
 Sources it converts: BF16 `Llama4TextExperts` (quantized here with llama4ctl's fbgemm row-wise math),
 transformers' `FbgemmFp8Llama4TextExperts` (fbgemm_fp8 checkpoints: fused FP8 [E,H,2I] / [E,I,H] with scales
 [E,1,2I] / [E,H,1]) and `SequentialLlama4TextExperts` holding compressed-tensors FP8 per-channel weights.
-Not supported: tensor-parallel (DTensor) experts — `convert_model` leaves those untouched.
+Tensor parallel (torchrun): each rank converts its shard of the experts (all experts, a slice of the expert
+width I: gate rows, up rows and down columns of the same slice), computes a partial routed sum and all-reduces
+it; see llama4ctl.tp.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 from transformers.models.llama4.modeling_llama4 import Llama4Router, Llama4TextMoe
 
+from llama4ctl import tp
 from llama4ctl.graphs import GraphPool, ShapeGraphs
 from llama4ctl.quant.fp8 import FBGEMM_MIN_SCALE, FP8_MAX, fbgemm_kernel, fbgemm_rowwise
 
@@ -181,16 +184,17 @@ class Fp8GroupedExperts(nn.Module):
 
     @classmethod
     def _for(cls, experts: nn.Module, config: Any, backend: str, scale_ub: float | None) -> Fp8GroupedExperts:
-        """An empty instance shaped like transformers' fused experts module (gate_up_proj [E, H, 2I])."""
-        e, h, two_i = experts.gate_up_proj.shape
-        return cls(e, h, two_i // 2, getattr(config, "hidden_act", "silu"), device=experts.gate_up_proj.device,
+        """An empty instance shaped like (this rank's shard of) transformers' fused experts (gate_up_proj [E, H, 2I])."""
+        gate_up = tp.local(experts.gate_up_proj)
+        e, h, two_i = gate_up.shape
+        return cls(e, h, two_i // 2, getattr(config, "hidden_act", "silu"), device=gate_up.device,
                    backend=backend, scale_ub=scale_ub)
 
     @classmethod
     def from_bf16(cls, experts: nn.Module, config: Any, *, backend: str = "reference",
                   scale_ub: float | None = DEFAULT_SCALE_UB) -> Fp8GroupedExperts:
         """Quantize transformers' Llama4TextExperts (gate_up_proj [E, H, 2I], down_proj [E, I, H]) expert by expert."""
-        gu, down = experts.gate_up_proj, experts.down_proj
+        gu, down = tp.local(experts.gate_up_proj), tp.local(experts.down_proj)
         new = cls._for(experts, config, backend, scale_ub)
         with torch.no_grad():
             for e in range(new.num_experts):
@@ -210,14 +214,15 @@ class Fp8GroupedExperts(nn.Module):
             ub = getattr(experts, "input_scale_ub", None)
             scale_ub = float(ub.reshape(-1)[0]) if ub is not None and ub.numel() and float(ub.reshape(-1)[0]) > 0 \
                 else DEFAULT_SCALE_UB
-        gu, down = experts.gate_up_proj, experts.down_proj
+        gu, down = tp.local(experts.gate_up_proj), tp.local(experts.down_proj)
         new = cls._for(experts, config, backend, scale_ub)
         with torch.no_grad():
             for e in range(new.num_experts):
                 new.w13[e].copy_(gu[e].t())
                 new.w2[e].copy_(down[e].t())
-            new.s13.copy_(experts.gate_up_proj_scale.reshape(new.num_experts, -1).float())
-            new.s2.copy_(experts.down_proj_scale.reshape(new.num_experts, -1).float())
+            # gate_up's scale is split like its weight (transformers' fbgemm TP plan); down's covers all H rows
+            new.s13.copy_(tp.local(experts.gate_up_proj_scale).reshape(new.num_experts, -1).float())
+            new.s2.copy_(tp.full(experts.down_proj_scale).reshape(new.num_experts, -1).float())
         return new
 
     @classmethod
@@ -228,18 +233,30 @@ class Fp8GroupedExperts(nn.Module):
         for lin in (first.gate_proj, first.up_proj, first.down_proj):
             if not is_ct_fp8_channel(lin):
                 return None
-        inter, hidden = first.gate_proj.weight.shape
+        inter, hidden = tp.local(first.gate_proj.weight).shape
         new = cls(len(experts), hidden, inter, getattr(config, "hidden_act", "silu"),
-                  device=first.gate_proj.weight.device, backend=backend, scale_ub=scale_ub)
+                  device=tp.local(first.gate_proj.weight).device, backend=backend, scale_ub=scale_ub)
         with torch.no_grad():
             for e, mlp in enumerate(experts):
-                new.w13[e, :inter].copy_(mlp.gate_proj.weight)
-                new.w13[e, inter:].copy_(mlp.up_proj.weight)
-                new.s13[e, :inter].copy_(mlp.gate_proj.weight_scale.reshape(-1).float())
-                new.s13[e, inter:].copy_(mlp.up_proj.weight_scale.reshape(-1).float())
-                new.w2[e].copy_(mlp.down_proj.weight)
-                new.s2[e].copy_(mlp.down_proj.weight_scale.reshape(-1).float())
+                new.w13[e, :inter].copy_(tp.local(mlp.gate_proj.weight))
+                new.w13[e, inter:].copy_(tp.local(mlp.up_proj.weight))
+                new.s13[e, :inter].copy_(_row_scales(mlp.gate_proj))
+                new.s13[e, inter:].copy_(_row_scales(mlp.up_proj))
+                new.w2[e].copy_(tp.local(mlp.down_proj.weight))
+                new.s2[e].copy_(_row_scales(mlp.down_proj))
         return new
+
+
+def _row_scales(linear: nn.Module) -> torch.Tensor:
+    """float32 per-row scales of this rank's rows of linear.weight [out, in]. Chosen from the placements alone
+    (the same on every rank), since gathering a scale is a collective every rank must join."""
+    w, s = linear.weight, linear.weight_scale
+    if tp.linear_split(w) == "out":
+        if tp.is_distributed(s) and s.placements == w.placements:
+            return tp.local(s).reshape(-1).float()
+        row0, rows = tp.local_offsets(w)[0], tp.local(w).shape[0]
+        return tp.full(s).reshape(-1)[row0:row0 + rows].float()
+    return tp.full(s).reshape(-1).float()
 
 
 def is_ct_fp8_channel(linear: nn.Module) -> bool:
@@ -255,8 +272,9 @@ class Fp8Llama4TextMoe(Llama4TextMoe):
     recording of router logits still finds it)."""
 
     def __init__(self, moe: Llama4TextMoe, experts: Fp8GroupedExperts, *, cuda_graphs: bool = True,  # noqa: D107
-                 graph_pool: GraphPool | None = None):
+                 graph_pool: GraphPool | None = None, process_group: Any = None):
         nn.Module.__init__(self)
+        self.process_group = process_group  # tensor parallel: experts hold a slice of I, routed sums are partial
         self.top_k, self.hidden_dim, self.num_experts = moe.top_k, moe.hidden_dim, moe.num_experts
         self.router = moe.router
         self.shared_expert = moe.shared_expert
@@ -295,16 +313,16 @@ class Fp8Llama4TextMoe(Llama4TextMoe):
         routed_in = x.index_select(0, token) * scores.reshape(-1, 1).index_select(0, order)
         routed_out = self.experts(routed_in, offs)
         out = self.shared_expert(x)
-        out.index_add_(0, token, routed_out.to(out.dtype))
-        return out, logits
+        if self.process_group is None:
+            out.index_add_(0, token, routed_out.to(out.dtype))
+            return out, logits
+        routed = torch.zeros_like(out).index_add_(0, token, routed_out.to(out.dtype))
+        torch.distributed.all_reduce(routed, group=self.process_group)
+        return out + routed, logits
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Model surgery
-
-
-def _is_distributed_tensor(t: Any) -> bool:
-    return type(t).__name__ == "DTensor"
 
 
 def convert_moe(moe: Llama4TextMoe, config: Any, *, backend: str = "auto", quantize_bf16: bool = False,
@@ -314,10 +332,11 @@ def convert_moe(moe: Llama4TextMoe, config: Any, *, backend: str = "auto", quant
     experts = moe.experts
     kind = type(experts).__name__
     tensors = list(experts.parameters()) + list(experts.buffers())
-    if any(_is_distributed_tensor(t) for t in tensors):
-        return None, f"{kind} (tensor parallel: left to transformers)"
-    device = tensors[0].device if tensors else torch.device("cpu")
+    sharded = next((t for t in tensors if tp.is_sharded(t)), None)
+    device = tp.local(tensors[0]).device if tensors else torch.device("cpu")
     hidden, expert_dim = getattr(config, "hidden_size", None), getattr(config, "intermediate_size", None)
+    if sharded is not None and expert_dim is not None:
+        expert_dim //= sharded.device_mesh.size()  # each rank's GEMMs see its slice of the expert width
     chosen = pick_backend(device, backend, hidden=hidden, expert_dim=expert_dim)
     if kind == "Llama4TextExperts":
         if not quantize_bf16:
@@ -335,7 +354,8 @@ def convert_moe(moe: Llama4TextMoe, config: Any, *, backend: str = "auto", quant
         kind = "compressed-tensors FP8"
     else:
         return None, kind
-    return Fp8Llama4TextMoe(moe, new, cuda_graphs=cuda_graphs, graph_pool=graph_pool), kind
+    group = tp.group(sharded) if sharded is not None else None
+    return Fp8Llama4TextMoe(moe, new, cuda_graphs=cuda_graphs, graph_pool=graph_pool, process_group=group), kind
 
 
 def convert_model(model: nn.Module, *, backend: str = "auto", quantize_bf16: bool = False,

@@ -391,6 +391,8 @@ def load_for_run(req: RunRequest, config: dict[str, Any], fmt: str, *, device_ma
         from llama4ctl.dense_fp8 import dense_to_bf16
 
         info["fp8_dense"] = dense_to_bf16(model)
+    if tp and fmt in FP8_TP_FORMATS:
+        _ready_for_tensor_parallel(model, req)
     info["load_s"] = time.perf_counter() - t0
     report = getattr(model, "llama4ctl_load_report", None) or {}  # the on-the-fly loader counts bnb states too
     info["weights_bytes"] = report.get("weights_bytes") or weights_bytes(model)
@@ -398,12 +400,44 @@ def load_for_run(req: RunRequest, config: dict[str, Any], fmt: str, *, device_ma
     return Loaded(model, config, info)
 
 
+# transformers 5.17 loads these under tp_plan="auto" but cannot run them (fbgemm kernels get DTensor arguments,
+# compressed-tensors' decompress hook fails): llama4ctl.tp runs their shards through its own modules instead.
+FP8_TP_FORMATS = ("fbgemm_fp8", "compressed-tensors")
+
+
+def _ready_for_tensor_parallel(model: Any, req: RunRequest) -> None:
+    """Under torchrun, an FP8 checkpoint runs only once llama4ctl's modules hold all its quantized weights."""
+    import torch
+
+    from llama4ctl import tp
+    from llama4ctl.moe_fp8 import Fp8GroupedExperts
+
+    packed = (torch.float8_e4m3fn, torch.int8, torch.uint8, torch.int32)
+    left = next((f"{m_name}.{n}" for m_name, m in model.named_modules() if not isinstance(m, Fp8GroupedExperts)
+                 for n, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
+                 if t is not None and tp.local(t).dtype in packed), None)
+    if left is not None:
+        raise Llama4ctlError(
+            f"this checkpoint cannot run tensor parallel: {left} is still quantized and transformers 5.17 cannot "
+            "run quantized tensor-parallel layers", req.model,
+            hint="run without torchrun (--device-map auto spreads layers over the GPUs)")
+    tp.drop_compressed_tensors_hook(model)  # nothing left for it to decompress; it fails on TP modules
+
+
 def fast_moe(model: Any, req: RunRequest, fmt: str, *, on_cuda: bool, tp: bool,
              note: Callable[[str], None]) -> dict[str, Any] | None:
-    """Swap Llama 4 experts for the fast FP8 MoE where asked or where it pays; returns moe_fp8's summary."""
+    """Swap Llama 4 experts for the fast FP8 MoE where asked or where it pays (always for FP8 checkpoints under
+    tensor parallel: transformers cannot run those); returns moe_fp8's summary."""
     from llama4ctl import moe_fp8
 
     fp8_source = fmt in ("fbgemm_fp8", "compressed-tensors")
+    if tp and fp8_source and req.fp8_moe != "off":
+        if not on_cuda:
+            note("tensor parallel on CPU runs the pure-torch reference FP8 MoE (slow; meant for tests)")
+        try:
+            return moe_fp8.convert_model(model, backend=req.fp8_moe, cuda_graphs=req.cuda_graphs)
+        except ValueError as e:
+            raise Llama4ctlError(str(e), hint="use --fp8-moe auto") from None
     if req.load_in == "fp8":
         if not on_cuda:
             note("--load-in fp8 on CPU runs the pure-torch reference FP8 MoE (slow; meant for tests): "
@@ -465,12 +499,13 @@ def run(req: RunRequest, *, on_text: Callable[[str], None] | None = None,
     note = note or (lambda _m: None)
     _quiet_transformers(verbose)
     tp = generate.world_size() > 1
-    if tp and req.load_in == "fp8":
-        raise Llama4ctlError("--load-in fp8 is not supported with tensor parallel (torchrun) yet",
-                             hint="run on one process, or quantize ahead of time with `llama4ctl quantize`")
     reset_gpu_peaks()
     config, _ = generate.read_config(req.model, revision=req.revision, token=req.token)
     fmt = generate.checkpoint_format(config)
+    if tp and fmt in FP8_TP_FORMATS and (req.fp8_moe == "off" or req.fp8_dense == "keep"):
+        raise Llama4ctlError(f"a {fmt} checkpoint under torchrun runs only through llama4ctl's FP8 MoE with BF16 "
+                             "dense layers (transformers 5.17 cannot run quantized tensor-parallel layers)",
+                             req.model, hint="drop --fp8-moe off / --fp8-dense keep, or run without torchrun")
     device_map, on_cuda = placement(req.device_map, tensor_parallel=tp)
     for warning in generate.check_environment(fmt, load_in=req.load_in, on_cuda=on_cuda):
         note(warning)

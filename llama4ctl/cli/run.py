@@ -27,8 +27,9 @@ transformers' own modules); on that path their dense FP8 layers are dequantized 
 leaves them FP8: least memory, slower decoding). --load-in int4|int8 quantizes on the fly with bitsandbytes.
 
 Several GPUs: `torchrun --nproc-per-node N -m llama4ctl run MODEL --prompt ...` runs tensor parallel
-(transformers' tp_plan="auto"); only rank 0 prints. Without torchrun, --device-map auto spreads layers over
-the visible GPUs.
+(transformers' tp_plan="auto"); only rank 0 prints. FP8 checkpoints and --load-in fp8 run there through the fast
+FP8 MoE, each rank holding a slice of every expert, with BF16 dense layers. Without torchrun, --device-map auto
+spreads layers over the visible GPUs.
 """
 
 

@@ -2,7 +2,8 @@
 
 CPU: greedy output equals transformers' generate; BF16 / compressed-tensors FP8 / --load-in fp8 load and
 generate; the image path (through the real Llama4Processor, with a stand-in image processor where torchvision is
-missing); errors for a missing GPU / package; --json; stdin; tensor parallel over 2 gloo processes.
+missing); errors for a missing GPU / package; --json; stdin; tensor parallel over 2 gloo processes (BF16, and FP8
+through the fast MoE: the same numbers as one process).
 The FP8 MoE is checked against transformers' FbgemmFp8Llama4TextExperts forward, whose two fbgemm ops are
 replaced on CPU by pure-torch equivalents of their documented math (on the GPU the real ones are used).
 GPU tests (marked gpu) skip without CUDA.
@@ -514,6 +515,111 @@ def test_torchrun_tensor_parallel_on_two_cpu_processes_rank0_prints(text_only_di
     assert r.stderr.count(want) == 1, (want, r.stderr[-2000:])
 
 
+TP_IDS = [1, 17, 42, 99, 7, 300, 12, 5]
+
+
+def _tp_logits(model_dir: Path, out: Path, *flags: str, env: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """tests/e2e/tp_logits_worker.py under torchrun (2 processes): logits and each fast MoE layer's output."""
+    from safetensors.torch import load_file
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(ROOT / "tests" / "e2e" / "tp_logits_worker.py"), str(model_dir), str(out), json.dumps(TP_IDS), *flags]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env=env or {**_env(), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return load_file(out)
+
+
+def _one_process_logits(model_dir: Path, *, load_in: str | None, device_map: str | None = None,
+                        on_cuda: bool = False, fp8_moe: str = "reference") -> dict[str, torch.Tensor]:
+    """The same numbers from one process, through the same fast FP8 MoE path."""
+    sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+    from tp_logits_worker import moe_outputs
+
+    from llama4ctl import generate
+    from llama4ctl.runner import RunRequest, load_for_run
+
+    req = RunRequest(model=str(model_dir), prompt="-", fp8_moe=fp8_moe, load_in=load_in)
+    config, _ = generate.read_config(str(model_dir))
+    loaded = load_for_run(req, config, generate.checkpoint_format(config), device_map=device_map, on_cuda=on_cuda,
+                          tp=False)
+    with torch.no_grad():
+        ids = torch.tensor([TP_IDS], device=loaded.model.device)
+        return {"logits": loaded.model(input_ids=ids).logits[0, -1].float().cpu(), **moe_outputs(loaded.model)}
+
+
+def _assert_tp_matches(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    """Each MoE layer within FP8 noise (TP ranks quantize the down projection's inputs over their slice of the
+    expert width, so scales differ slightly; a missing all-reduce or a wrong slice is off by 20-40 %), logits
+    within 3 % of their range (a misplaced dense shard is off by ~25 %)."""
+    assert set(got) == set(want) and sum(k.startswith("moe.") for k in want) == 2, (set(got), set(want))
+    for key, ref in want.items():
+        err = ((got[key] - ref).norm() / ref.norm()).item() if key.startswith("moe.") else \
+            ((got[key] - ref).abs().max() / ref.abs().max()).item()
+        assert err < 0.03, (key, err)
+
+
+@pytest.mark.parametrize("which", ["compressed-tensors", "load-in-fp8"])
+def test_torchrun_tensor_parallel_runs_fp8_through_the_fast_moe_like_one_process(which, ct_dir, text_only_dir,
+                                                                                    tmp_path):
+    """transformers 5.17 cannot run FP8 checkpoints tensor parallel (compressed-tensors' decompress hook fails on
+    TP modules); llama4ctl runs each rank's expert slice through the fast FP8 MoE (one all-reduce of the routed
+    sum) and its dense FP8 shards as BF16 shards: the same numbers as one process on the same path."""
+    model, flags = (ct_dir, ()) if which == "compressed-tensors" else (text_only_dir, ("--load-in-fp8",))
+    got = _tp_logits(model, tmp_path / "tp.safetensors", *flags)
+    _assert_tp_matches(got, _one_process_logits(model, load_in="fp8" if flags else None))
+
+
+def test_torchrun_runs_a_compressed_tensors_fp8_checkpoint_from_the_cli(ct_dir):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "llama4ctl", "run", str(ct_dir), "--prompt", PROMPT, "--max-new-tokens", "6", "--temperature", "0",
+           "--json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**_env(), "OMP_NUM_THREADS": "1"}, cwd=ROOT,
+                       timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(r.stdout)  # one document: rank 0's
+    assert doc["world_size"] == 2 and doc["tokens"] == 6 and doc["format"] == "compressed-tensors"
+    assert doc["fp8_moe"]["moe_layers"] == 2 and doc["fp8_moe"]["sources"] == {"compressed-tensors FP8": 2}
+    assert doc["fp8_dense"]["layers"] > 0
+
+
+def test_fp8_checkpoint_under_torchrun_refuses_transformers_own_fp8_modules(ct_dir, monkeypatch):
+    """--fp8-moe off / --fp8-dense keep would hand quantized TP layers to transformers, which cannot run them:
+    refused before loading, in one line."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    for flag in (("--fp8-moe", "off"), ("--fp8-dense", "keep")):
+        r = cli_in_process("run", ct_dir, "--prompt", "hi", *flag)
+        assert r.exit_code == 1, r.stderr
+        assert "torchrun" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_model_with_quantized_layers_left_is_refused_under_tensor_parallel():
+    """After llama4ctl's conversion, any quantized tensor outside its FP8 MoE (e.g. int4 experts it does not
+    convert) would reach transformers' TP path: refused with the tensor's name. With none left, the
+    compressed-tensors decompress hook (which fails under TP) is removed."""
+    from torch import nn
+
+    from llama4ctl.errors import Llama4ctlError
+    from llama4ctl.moe_fp8 import Fp8GroupedExperts
+    from llama4ctl.runner import RunRequest, _ready_for_tensor_parallel
+
+    req = RunRequest(model="m", prompt="-")
+    model = nn.Module()
+    model.experts = Fp8GroupedExperts(2, 16, 8)  # FP8 buffers, but llama4ctl's own
+    model.proj = nn.Linear(16, 16)
+
+    def ct_decompress_hook(module, args):
+        raise AssertionError("the hook should be gone")
+
+    model.register_forward_pre_hook(ct_decompress_hook)
+    _ready_for_tensor_parallel(model, req)
+    assert not model._forward_pre_hooks
+    model.proj.register_buffer("weight_packed", torch.zeros(4, 2, dtype=torch.int32))
+    with pytest.raises(Llama4ctlError, match="proj.weight_packed"):
+        _ready_for_tensor_parallel(model, req)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # GPU (H100-class): real fbgemm kernels, torch._scaled_grouped_mm, bitsandbytes
 
@@ -793,3 +899,45 @@ def test_gpu_torchrun_tensor_parallel_two_gpus(text_only_dir):
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads(r.stdout)
     assert doc["world_size"] == 2 and doc["peak_gpu_bytes"] > 0 and doc["tokens"] == 8
+
+
+@pytest.fixture(scope="module")
+def tp_aligned_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Tiny text-only Maverick whose expert width halves to a multiple of 16 (the grouped FP8 GEMM's alignment),
+    in BF16, fbgemm_fp8 and compressed-tensors FP8 (quantized on the GPU)."""
+    import compressed_tensors.quantization  # noqa: F401 - see ct_dir
+
+    from llama4ctl.fixtures import build_tiny_checkpoint
+    from llama4ctl.jobs import plan_quantize, quantize
+
+    root = tmp_path_factory.mktemp("tp-aligned")
+    bf16 = build_tiny_checkpoint(root / "bf16", shape="maverick", text_only=True, hidden_size=256,
+                                 expert_intermediate_size=384, mlp_intermediate_size=512, max_shard_size="1MB")
+    quantize(plan_quantize(bf16, backend="fbgemm"), root / "fbgemm", device="cuda", overwrite=True)
+    quantize(plan_quantize(bf16), root / "ct", device="cuda", overwrite=True)
+    return {"bf16": bf16, "fbgemm": root / "fbgemm", "ct": root / "ct"}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+@pytest.mark.parametrize("which", ["fbgemm", "ct", "load-in-fp8"])
+def test_gpu_torchrun_fp8_two_gpus_matches_one_gpu_and_replays_graphs(which, tp_aligned_dirs, tmp_path):
+    """FP8 checkpoints (which transformers 5.17 crashes on under TP) and --load-in fp8 over 2 GPUs: the grouped
+    FP8 MoE on each rank's expert slice gives one GPU's numbers, and the CLI decodes with CUDA graphs (NCCL
+    all-reduce captured)."""
+    model = tp_aligned_dirs["bf16" if which == "load-in-fp8" else which]
+    flags = ("--load-in-fp8",) if which == "load-in-fp8" else ()
+    got = _tp_logits(model, tmp_path / "tp.safetensors", *flags, env=_gpu_env())
+    want = _one_process_logits(model, load_in="fp8" if flags else None, device_map="cuda", on_cuda=True,
+                               fp8_moe="auto")
+    _assert_tp_matches(got, want)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           "llama4ctl", "run", str(model), "--prompt", PROMPT, "--max-new-tokens", "12", "--temperature", "0",
+           "--json", *(["--load-in", "fp8"] if flags else [])]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300, env=_gpu_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(r.stdout)
+    moe = doc["fp8_moe"]
+    assert doc["world_size"] == 2 and doc["tokens"] == 12 and moe["backend"] == "grouped", doc
+    assert moe["graphs"]["disabled"] is None and moe["graphs"]["captured"] == moe["moe_layers"] == 2, moe
+    assert moe["graphs"]["replays"] > 0
