@@ -129,6 +129,7 @@ PAIRED = [  # (label, checkpoint key, fp8_moe[:fp8_dense[:nographs]])
 def paired(paths: dict[str, str], rounds: int, new_tokens: int) -> dict:
     """Between processes the same BF16 run drifted from 983 to 1718 tok/s; within one process, alternating the
     variants round by round, each round's ratio compares runs made seconds apart."""
+    import gc
     import statistics
 
     import torch
@@ -148,8 +149,10 @@ def paired(paths: dict[str, str], rounds: int, new_tokens: int) -> dict:
         req = RunRequest(model=paths[key], prompt="-", fp8_moe=fp8_moe, fp8_dense=fp8_dense or "bf16",
                          cuda_graphs=graphs != "nographs", device_map="cuda", max_new_tokens=new_tokens,
                          temperature=0, ignore_eos=True)
+        gc.collect()  # an earlier variant's load garbage must not count against (or for) this one
         before = torch.cuda.memory_allocated()
         loaded = load_for_run(req, config, fmt, device_map="cuda", on_cuda=True, tp=False)
+        gc.collect()
         models.append((label, loaded.model, torch.cuda.memory_allocated() - before))
     tok = load_tokenizer(paths["bf16"])
     vocab = models[0][1].config.get_text_config().vocab_size
