@@ -262,6 +262,33 @@ def _image(path: Path, color) -> Path:
     return path
 
 
+def test_image_urls_are_fetched_and_a_bad_url_is_one_line_error(tmp_path):
+    """--image takes http(s) URLs (served here from 127.0.0.1): the same pixels as the file; a missing image is a
+    handled error naming the URL."""
+    import functools
+    import http.server
+    import threading
+
+    from llama4ctl.errors import Llama4ctlError
+    from llama4ctl.runner import load_image
+
+    _image(tmp_path / "red.png", (255, 0, 0))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        got = load_image(f"{base}/red.png")
+        assert got.size == (40, 30) and got.tobytes() == load_image(str(tmp_path / "red.png")).tobytes()
+        with pytest.raises(Llama4ctlError) as e:
+            load_image(f"{base}/missing.png")
+        assert e.value.path is not None and "missing.png" in str(e.value.path)
+        assert "cannot fetch the image" in e.value.message and "\n" not in e.value.message
+    finally:
+        server.shutdown()
+
+
 def test_image_path_runs_through_the_processor_and_the_vision_tower(scout_dir, tmp_path, monkeypatch):
     """Everything after the image processor is the real path: Llama4Processor expands <|image|> into the tile's
     tokens, pixel_values go to the model; the answer equals transformers' generate on the same tensors and
