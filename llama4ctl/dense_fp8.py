@@ -37,11 +37,19 @@ def _bf16_weight(module: nn.Module) -> torch.Tensor:
 
 
 def _bf16_shard(module: nn.Module) -> torch.Tensor:
-    """This rank's part of a tensor-parallel FP8 weight, dequantized with the rows/blocks of the scale it covers
-    (the scale is gathered whole first: a scale split like a size-1 dim can leave a rank with none of it)."""
-    w, scale = tp.local(module.weight), tp.full(module.weight_scale).float()
-    out_f, in_f = module.weight.shape
-    row0, col0 = tp.local_offsets(module.weight)
+    """This rank's part of a tensor-parallel FP8 weight, dequantized (the scale is gathered whole first: a scale
+    split like a size-1 dim can leave a rank with none of it)."""
+    return dequantize_part(tp.local(module.weight), tp.full(module.weight_scale), tp.local_offsets(module.weight),
+                           tuple(module.weight.shape))
+
+
+def dequantize_part(w: torch.Tensor, scale: torch.Tensor, offsets: tuple[int, ...],
+                    full_shape: tuple[int, ...]) -> torch.Tensor:
+    """BF16 values of the block w of a [out, in] FP8 weight starting at `offsets`, with the whole weight's
+    per-row ([out, 1]) or 128x128-block scale."""
+    out_f, in_f = full_shape
+    row0, col0 = offsets
+    scale = scale.float()
     rows = torch.arange(row0, row0 + w.shape[0], device=w.device)
     if tuple(scale.shape) == (out_f, 1):
         grid = scale[rows]

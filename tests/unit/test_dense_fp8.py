@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from llama4ctl.dense_fp8 import dense_to_bf16, is_fp8_dense
+from llama4ctl.dense_fp8 import dense_to_bf16, dequantize_part, is_fp8_dense
 from llama4ctl.quant.fp8 import ct_block, ct_channel, fbgemm_rowwise
 
 
@@ -59,3 +59,21 @@ def test_an_unknown_scale_layout_is_refused():
     m.weight_scale = nn.Parameter(torch.ones(32, 2), requires_grad=False)  # group-wise: not a known layout
     with pytest.raises(ValueError, match="scale shape"):
         dense_to_bf16(nn.ModuleDict({"m": m}))
+
+
+@pytest.mark.parametrize("block", [False, True])
+@pytest.mark.parametrize("split", ["rows", "cols"])
+def test_a_tensor_parallel_shard_dequantizes_like_its_part_of_the_whole_weight(block, split):
+    """Each rank dequantizes only its shard with the whole weight's scale (per row, or 128x128 blocks that a
+    shard boundary may cut through): the shards put back together equal the whole weight dequantized."""
+    torch.manual_seed(1)
+    w = torch.randn(300, 200)
+    _, whole = _ct_linear(w, block=block)
+    q, s = ct_block(w) if block else ct_channel(w)
+    dim = 0 if split == "rows" else 1
+    parts = []
+    for start, size in ((0, 100), (100, 90), (190, q.shape[dim] - 190)):  # uneven, not on block boundaries
+        part = q.narrow(dim, start, size)
+        offsets = (start, 0) if dim == 0 else (0, start)
+        parts.append(dequantize_part(part, s, offsets, tuple(q.shape)))
+    assert torch.equal(torch.cat(parts, dim), whole.bfloat16())
