@@ -502,6 +502,10 @@ def run(req: RunRequest, *, on_text: Callable[[str], None] | None = None,
     reset_gpu_peaks()
     config, _ = generate.read_config(req.model, revision=req.revision, token=req.token)
     fmt = generate.checkpoint_format(config)
+    if tp and fmt.startswith("bitsandbytes"):  # transformers 5.17 fails sharding bnb's packed weights at load
+        raise Llama4ctlError(f"a {fmt} checkpoint cannot run tensor parallel: transformers 5.17 cannot shard "
+                             "bitsandbytes weights", req.model,
+                             hint="run without torchrun (--device-map auto spreads layers over the GPUs)")
     if tp and fmt in FP8_TP_FORMATS and (req.fp8_moe == "off" or req.fp8_dense == "keep"):
         raise Llama4ctlError(f"a {fmt} checkpoint under torchrun runs only through llama4ctl's FP8 MoE with BF16 "
                              "dense layers (transformers 5.17 cannot run quantized tensor-parallel layers)",

@@ -621,6 +621,19 @@ def test_fp8_checkpoint_under_torchrun_refuses_transformers_own_fp8_modules(ct_d
         assert "torchrun" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_bitsandbytes_checkpoints_are_refused_under_torchrun_before_loading(text_only_dir, tmp_path, monkeypatch):
+    """transformers 5.17 fails with an IndexError sharding bitsandbytes weights under tp_plan (seen with a real
+    8-bit checkpoint on 2 gloo processes): one line instead, before anything loads."""
+    path = _with_quantization_config(text_only_dir, tmp_path / "bnb", {"quant_method": "bitsandbytes",
+                                                                       "load_in_8bit": True})
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    r = cli_in_process("run", path, "--prompt", "hi", "--json")
+    assert r.exit_code == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert "bitsandbytes-8bit" in doc["error"]["message"] and "torchrun" in doc["error"]["hint"]
+
+
 def test_a_model_with_quantized_layers_left_is_refused_under_tensor_parallel():
     """After llama4ctl's conversion, any quantized tensor outside its FP8 MoE (e.g. int4 experts it does not
     convert) would reach transformers' TP path: refused with the tensor's name. With none left, the
