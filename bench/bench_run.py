@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -60,7 +61,12 @@ def variant(path: str, fp8_moe: str, load_in: str | None, new_tokens: int, dump:
     import torch
 
     from llama4ctl import generate
-    from llama4ctl.runner import RunRequest, generate_timed, load_for_run, load_tokenizer
+    from llama4ctl.runner import (
+        RunRequest,
+        generate_timed,
+        load_for_run,
+        load_tokenizer,
+    )
 
     cuda = device == "cuda"
     if cuda:
@@ -130,13 +136,16 @@ def paired(paths: dict[str, str], rounds: int, new_tokens: int) -> dict:
     """Between processes the same BF16 run drifted from 983 to 1718 tok/s; within one process, alternating the
     variants round by round, each round's ratio compares runs made seconds apart."""
     import gc
-    import statistics
 
     import torch
 
     from llama4ctl import generate
     from llama4ctl.moe_fp8 import graph_stats
-    from llama4ctl.runner import RunRequest, generate_timed, load_for_run, load_tokenizer
+    from llama4ctl.runner import (
+        RunRequest,
+        load_for_run,
+        load_tokenizer,
+    )
 
     models = []
     for label, key, spec in PAIRED:
@@ -154,25 +163,41 @@ def paired(paths: dict[str, str], rounds: int, new_tokens: int) -> dict:
         loaded = load_for_run(req, config, fmt, device_map="cuda", on_cuda=True, tp=False)
         gc.collect()
         models.append((label, loaded.model, torch.cuda.memory_allocated() - before))
-    tok = load_tokenizer(paths["bf16"])
+    figures = rotate([(label, model) for label, model, _w in models], load_tokenizer(paths["bf16"]), rounds,
+                     new_tokens)
+    out = []
+    for (label, model, weights), timed in zip(models, figures):
+        hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+        out.append({"label": label, "weights_bytes": weights, "graphs": graph_stats(model), "module_hooks": hooks,
+                    "modules": sum(1 for _ in model.modules()), **timed})
+    return {"rows": out, "rounds": rounds}
+
+
+def rotate(models: list[tuple[str, Any]], tok: Any, rounds: int, new_tokens: int) -> list[dict]:
+    """Decode tok/s of each (label, model) at batch 1 and 16, timed in rotation after a warm-up (which also
+    captures CUDA graphs): per model the median, min, max and the median / worst per-round ratio to the first."""
+    import statistics
+
+    import torch
+
+    from llama4ctl.runner import generate_timed
+
     vocab = models[0][1].config.get_text_config().vocab_size
-    ids = torch.randint(0, vocab - 128, (16, PROMPT_LEN), generator=torch.Generator().manual_seed(0)).cuda()
+    ids = torch.randint(0, vocab - 128, (16, PROMPT_LEN), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(models[0][1].device)
     rates: dict[tuple[str, int], list[float]] = {}
     for batch in (1, 16):
         inputs = {"input_ids": ids[:batch], "attention_mask": torch.ones_like(ids[:batch])}
-        for _label, model, _w in models:  # warm-up (and graph capture) outside the timed rounds
+        for _label, model in models:
             generate_timed(model, inputs, tok, max_new_tokens=8, temperature=0, ignore_eos=True)
         for r in range(rounds):
-            order = models if r % 2 == 0 else models[::-1]  # neither goes first every round
-            for label, model, _w in order:
+            for label, model in (models if r % 2 == 0 else models[::-1]):  # neither goes first every round
                 res = generate_timed(model, inputs, tok, max_new_tokens=new_tokens, temperature=0, ignore_eos=True)
                 rates.setdefault((label, batch), []).append(res["tokens_per_s"])
     base = models[0][0]
     out = []
-    for label, model, weights in models:
-        hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-        row = {"label": label, "weights_bytes": weights, "graphs": graph_stats(model), "module_hooks": hooks,
-               "modules": sum(1 for _ in model.modules())}
+    for label, _model in models:
+        row: dict = {}
         for batch in (1, 16):
             mine, ref = rates[(label, batch)], rates[(base, batch)]
             row[f"b{batch}_median"] = statistics.median(mine)
@@ -180,7 +205,7 @@ def paired(paths: dict[str, str], rounds: int, new_tokens: int) -> dict:
             row[f"b{batch}_ratio_median"] = statistics.median(a / b for a, b in zip(mine, ref))
             row[f"b{batch}_ratio_min"] = min(a / b for a, b in zip(mine, ref))
         out.append(row)
-    return {"rows": out, "rounds": rounds}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_run import PROMPT_LEN, SHAPE, WIDE
+from bench.bench_run import SHAPE, WIDE, rotate
 
 VARIANTS = [  # (label, checkpoint key, load_in)
     ("BF16 (transformers tensor parallel)", "bf16", None),
@@ -37,17 +36,13 @@ VARIANTS = [  # (label, checkpoint key, load_in)
 
 
 def child(paths: dict[str, str], rounds: int, new_tokens: int) -> dict | None:
+    import gc
+
     import torch
 
     from llama4ctl import generate
     from llama4ctl.moe_fp8 import graph_stats
-    from llama4ctl.runner import (
-        RunRequest,
-        generate_timed,
-        load_for_run,
-        load_tokenizer,
-        placement,
-    )
+    from llama4ctl.runner import RunRequest, load_for_run, load_tokenizer, placement
 
     models = []
     for label, key, load_in in VARIANTS:
@@ -56,34 +51,19 @@ def child(paths: dict[str, str], rounds: int, new_tokens: int) -> dict | None:
         req = RunRequest(model=paths[key], prompt="-", load_in=load_in, max_new_tokens=new_tokens, temperature=0,
                          ignore_eos=True)
         device_map, on_cuda = placement("auto", tensor_parallel=True)
+        gc.collect()
         before = torch.cuda.memory_allocated()
         loaded = load_for_run(req, config, fmt, device_map=device_map, on_cuda=on_cuda, tp=True)
+        gc.collect()
         models.append((label, loaded.model, torch.cuda.memory_allocated() - before, loaded.info))
-    tok = load_tokenizer(paths["bf16"])
-    vocab = models[0][1].config.get_text_config().vocab_size
-    ids = torch.randint(0, vocab - 128, (16, PROMPT_LEN), generator=torch.Generator().manual_seed(0)).cuda()
-    rates: dict[tuple[str, int], list[float]] = {}
-    for batch in (1, 16):
-        inputs = {"input_ids": ids[:batch], "attention_mask": torch.ones_like(ids[:batch])}
-        for _label, model, _w, _i in models:
-            generate_timed(model, inputs, tok, max_new_tokens=8, temperature=0, ignore_eos=True)
-        for r in range(rounds):
-            for label, model, _w, _i in (models if r % 2 == 0 else models[::-1]):
-                res = generate_timed(model, inputs, tok, max_new_tokens=new_tokens, temperature=0, ignore_eos=True)
-                rates.setdefault((label, batch), []).append(res["tokens_per_s"])
+    figures = rotate([(label, model) for label, model, _w, _i in models], load_tokenizer(paths["bf16"]), rounds,
+                     new_tokens)
     if generate.rank() != 0:
         return None
-    base = models[0][0]
     rows = []
-    for label, model, weights, info in models:
-        row = {"label": label, "weights_bytes_per_gpu": weights, "fp8_moe": info["fp8_moe"],
-               "graphs": graph_stats(model) if info["fp8_moe"] else None}
-        for batch in (1, 16):
-            mine, ref = rates[(label, batch)], rates[(base, batch)]
-            row[f"b{batch}_median"] = statistics.median(mine)
-            row[f"b{batch}_ratio_median"] = statistics.median(a / b for a, b in zip(mine, ref))
-            row[f"b{batch}_ratio_min"] = min(a / b for a, b in zip(mine, ref))
-        rows.append(row)
+    for (label, model, weights, info), timed in zip(models, figures):
+        rows.append({"label": label, "weights_bytes_per_gpu": weights, "fp8_moe": info["fp8_moe"],
+                     "graphs": graph_stats(model) if info["fp8_moe"] else None, **timed})
     return {"rows": rows, "rounds": rounds, "world_size": generate.world_size(),
             "device": torch.cuda.get_device_name(0), "torch": torch.__version__}
 
