@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from llama4ctl.checkpoint.checkpoint import (INDEX_FILE, PICKLE_SUFFIXES, SINGLE_FILE, Checkpoint, read_config,
-                                             read_index)
-from llama4ctl.checkpoint.header import Header, TensorRef, header_length, parse_header_bytes, short_repr
+                                             read_index, tensors_of)
+from llama4ctl.checkpoint.header import Header, header_length, parse_header_bytes, short_repr
 from llama4ctl.checkpoint.layout import COMPONENTS, component
 from llama4ctl.errors import CheckpointError, HubError, PlanError
 from llama4ctl.progress import NullProgress, Progress
@@ -195,19 +195,7 @@ def remote_checkpoint(repo_id: str, *, revision: str | None = None, token: str |
     except Exception as e:  # noqa: BLE001
         raise _hub_error(e, repo_id, token=token) from None
 
-    tensors: list[TensorRef] = []
-    seen: dict[str, str] = {}
-    for shard, header in zip(shards, headers):
-        for t in header.tensors:
-            if t.name in seen:
-                raise CheckpointError(f"tensor {short_repr(t.name)} appears in two shards: {seen[t.name]} and {shard}",
-                                      header.path)
-            seen[t.name] = shard
-        tensors.extend(header.tensors)
-    if weight_map is not None and weight_map != seen:
-        name = next(n for n in sorted(weight_map.keys() | seen.keys()) if weight_map.get(n) != seen.get(n))
-        raise CheckpointError(f"the index maps tensor {short_repr(name)} to {short_repr(weight_map.get(name))} but "
-                              f"it is in {short_repr(seen.get(name))}", f"{repo_id}/{INDEX_FILE}")
+    tensors = tensors_of(list(zip(shards, headers)), weight_map, Path(f"{repo_id}/{INDEX_FILE}"))
     return Checkpoint(repo_id, None, tuple(tensors), tuple(shards), config, tuple(notes),
                       ("config.json",) if config is not None else (), revision=revision,
                       shard_sizes={s: h.file_size for s, h in zip(shards, headers) if h.file_size})

@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from llama4ctl.checkpoint.header import MAX_HEADER_BYTES, TensorRef, load_json, read_header, short_repr
+from llama4ctl.checkpoint.header import MAX_HEADER_BYTES, Header, TensorRef, load_json, read_header, short_repr
 from llama4ctl.checkpoint.layout import TextConfig, normalize_config, parse_text_config
 from llama4ctl.errors import CheckpointError
 
@@ -110,33 +110,14 @@ class Checkpoint:
                     raise _pickle_refusal(pickles[0])
                 raise CheckpointError("no .safetensors weights found", p)
 
-        tensors: list[TensorRef] = []
-        seen: dict[str, str] = {}
-        sizes: dict[str, int] = {}
-        for shard in shard_names:
-            shard_path = p / shard
-            if not shard_path.is_file():
+        def header(shard: str) -> Header:
+            if not (p / shard).is_file():
                 raise CheckpointError(f"shard {short_repr(shard)} named in the index does not exist", index_path)
-            header = read_header(shard_path)
-            sizes[shard] = header.file_size
-            for t in header.tensors:
-                if t.name in seen:
-                    raise CheckpointError(
-                        f"tensor {short_repr(t.name)} appears in two shards: {seen[t.name]} and {shard}", shard_path)
-                seen[t.name] = shard
-                if weight_map is not None and weight_map.get(t.name) != shard:
-                    where = weight_map.get(t.name)
-                    raise CheckpointError(
-                        f"tensor {short_repr(t.name)} is in {shard} but the index "
-                        + (f"maps it to {short_repr(where)}" if where else "does not list it"),
-                        index_path,
-                    )
-            tensors.extend(header.tensors)
-        if weight_map is not None:
-            for name, shard in weight_map.items():
-                if seen.get(name) != shard:
-                    raise CheckpointError(f"tensor {short_repr(name)} is not in its shard {shard}", p / shard)
+            return read_header(p / shard)
 
+        headers = [(shard, header(shard)) for shard in shard_names]
+        tensors = tensors_of(headers, weight_map, index_path)
+        sizes = {shard: h.file_size for shard, h in headers}
         config, notes = read_config(p)
         extras = tuple(n for n in EXTRA_FILE_NAMES if (p / n).is_file())
         return cls(str(path), p, tuple(tensors), tuple(shard_names), config, tuple(notes), extras,
@@ -162,6 +143,35 @@ def _read_json(path: Path, what: str) -> Any:
     except OSError as e:
         raise CheckpointError(f"cannot read {what}: {e.strerror or e}", path) from None
     return load_json(raw, what=what, path=path)
+
+
+def tensors_of(headers: list[tuple[str, Header]], weight_map: dict[str, str] | None,
+               index_path: Path) -> list[TensorRef]:
+    """Every tensor of the shards' headers, in shard order, after checking that no tensor sits in two shards and
+    that the index (when there is one) maps each tensor to the shard that holds it. Shared by local and Hub
+    checkpoints."""
+    tensors: list[TensorRef] = []
+    seen: dict[str, str] = {}
+    for shard, header in headers:
+        for t in header.tensors:
+            if t.name in seen:
+                raise CheckpointError(
+                    f"tensor {short_repr(t.name)} appears in two shards: {seen[t.name]} and {shard}", header.path)
+            seen[t.name] = shard
+            if weight_map is not None and weight_map.get(t.name) != shard:
+                where = weight_map.get(t.name)
+                raise CheckpointError(
+                    f"tensor {short_repr(t.name)} is in {shard} but the index "
+                    + (f"maps it to {short_repr(where)}" if where else "does not list it"),
+                    index_path,
+                )
+        tensors.extend(header.tensors)
+    if weight_map is not None:
+        for name, shard in weight_map.items():
+            if seen.get(name) != shard:
+                raise CheckpointError(f"tensor {short_repr(name)} is not in its shard {shard}",
+                                      index_path.parent / shard)
+    return tensors
 
 
 def read_index(index_path: Path) -> tuple[list[str], dict[str, str]]:
