@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from llama4ctl import tp
-from llama4ctl.quant.fp8 import dequantize_block, dequantize_rowwise
 
 
 def is_fp8_dense(module: nn.Module) -> bool:
@@ -27,18 +26,8 @@ def is_fp8_dense(module: nn.Module) -> bool:
 
 
 def _bf16_weight(module: nn.Module) -> torch.Tensor:
-    w, s = module.weight, module.weight_scale
-    out_f, in_f = w.shape
-    if tuple(s.shape) == (out_f, 1):
-        return dequantize_rowwise(w, s).to(torch.bfloat16)
-    if tuple(s.shape) == (-(-out_f // 128), -(-in_f // 128)):
-        return dequantize_block(w, s).to(torch.bfloat16)
-    raise ValueError(f"unsupported FP8 weight scale shape {tuple(s.shape)} for a [{out_f}, {in_f}] weight")
-
-
-def _bf16_shard(module: nn.Module) -> torch.Tensor:
-    """This rank's part of a tensor-parallel FP8 weight, dequantized (the scale is gathered whole first: a scale
-    split like a size-1 dim can leave a rank with none of it)."""
+    """The module's FP8 weight dequantized to BF16; under tensor parallel, this rank's part of it (the scale is
+    gathered whole first: a scale split like a size-1 dim can leave a rank with none of it)."""
     return dequantize_part(tp.local(module.weight), tp.full(module.weight_scale), tp.local_offsets(module.weight),
                            tuple(module.weight.shape))
 
@@ -71,14 +60,13 @@ def dense_to_bf16(model: nn.Module) -> dict[str, Any]:
     with torch.no_grad():
         for name, old in todo:
             split = tp.linear_split(old.weight)
+            weight = _bf16_weight(old)
             if split is None:
-                weight = _bf16_weight(old) if not tp.is_distributed(old.weight) else _bf16_shard(old)
                 new = nn.Linear(old.in_features, old.out_features, bias=old.bias is not None, device="meta")
                 new.weight = nn.Parameter(weight, requires_grad=False)
                 if old.bias is not None:
                     new.bias = nn.Parameter(tp.full(old.bias).detach().to(torch.bfloat16), requires_grad=False)
             else:
-                weight = _bf16_shard(old)
                 bias = None
                 if old.bias is not None:
                     bias = (tp.local(old.bias) if split == "out" else tp.full(old.bias)).detach().to(torch.bfloat16)
