@@ -391,7 +391,7 @@ def load_for_run(req: RunRequest, config: dict[str, Any], fmt: str, *, device_ma
         from llama4ctl.dense_fp8 import dense_to_bf16
 
         info["fp8_dense"] = dense_to_bf16(model)
-    if tp and fmt in FP8_TP_FORMATS:
+    if tp and fmt in FP8_FORMATS:
         _ready_for_tensor_parallel(model, req)
     info["load_s"] = time.perf_counter() - t0
     report = getattr(model, "llama4ctl_load_report", None) or {}  # the on-the-fly loader counts bnb states too
@@ -400,9 +400,10 @@ def load_for_run(req: RunRequest, config: dict[str, Any], fmt: str, *, device_ma
     return Loaded(model, config, info)
 
 
-# transformers 5.17 loads these under tp_plan="auto" but cannot run them (fbgemm kernels get DTensor arguments,
-# compressed-tensors' decompress hook fails): llama4ctl.tp runs their shards through its own modules instead.
-FP8_TP_FORMATS = ("fbgemm_fp8", "compressed-tensors")
+# checkpoint formats whose experts the fast FP8 MoE takes over. transformers 5.17 loads them under
+# tp_plan="auto" but cannot run them (fbgemm kernels get DTensor arguments, compressed-tensors' decompress hook
+# fails): under torchrun llama4ctl.tp runs their shards through its own modules instead.
+FP8_FORMATS = ("fbgemm_fp8", "compressed-tensors")
 
 
 def _ready_for_tensor_parallel(model: Any, req: RunRequest) -> None:
@@ -430,7 +431,7 @@ def fast_moe(model: Any, req: RunRequest, fmt: str, *, on_cuda: bool, tp: bool,
     tensor parallel: transformers cannot run those); returns moe_fp8's summary."""
     from llama4ctl import moe_fp8
 
-    fp8_source = fmt in ("fbgemm_fp8", "compressed-tensors")
+    fp8_source = fmt in FP8_FORMATS
     if tp and fp8_source and req.fp8_moe != "off":
         if not on_cuda:
             note("tensor parallel on CPU runs the pure-torch reference FP8 MoE (slow; meant for tests)")
@@ -506,7 +507,7 @@ def run(req: RunRequest, *, on_text: Callable[[str], None] | None = None,
         raise Llama4ctlError(f"a {fmt} checkpoint cannot run tensor parallel: transformers 5.17 cannot shard "
                              "bitsandbytes weights", req.model,
                              hint="run without torchrun (--device-map auto spreads layers over the GPUs)")
-    if tp and fmt in FP8_TP_FORMATS and (req.fp8_moe == "off" or req.fp8_dense == "keep"):
+    if tp and fmt in FP8_FORMATS and (req.fp8_moe == "off" or req.fp8_dense == "keep"):
         raise Llama4ctlError(f"a {fmt} checkpoint under torchrun runs only through llama4ctl's FP8 MoE with BF16 "
                              "dense layers (transformers 5.17 cannot run quantized tensor-parallel layers)",
                              req.model, hint="drop --fp8-moe off / --fp8-dense keep, or run without torchrun")

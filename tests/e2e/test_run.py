@@ -560,7 +560,8 @@ def _tp_logits(model_dir: Path, out: Path, *flags: str, env: dict[str, str] | No
 def _one_process_logits(model_dir: Path, *, load_in: str | None, device_map: str | None = None,
                         on_cuda: bool = False, fp8_moe: str = "reference") -> dict[str, torch.Tensor]:
     """The same numbers from one process, through the same fast FP8 MoE path."""
-    sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+    if str(ROOT / "tests" / "e2e") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests" / "e2e"))
     from tp_logits_worker import moe_outputs
 
     from llama4ctl import generate
